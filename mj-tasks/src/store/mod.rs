@@ -1,0 +1,280 @@
+//! The storage traits and their sqlx backends.
+//!
+//! [`TaskStore`] and [`ChannelStore`] are object safe and used as `Arc<dyn ...>`; the backends
+//! ([`SqliteTaskStore`], [`PostgresTaskStore`], [`MySqlTaskStore`]) implement both over one
+//! connection pool and share one query-building layer (`sql.rs`). [`connect`] picks the backend
+//! from a database URL and runs the migrations.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::channel::{Channel, NewChannel};
+use crate::model::{NewTask, Task};
+use crate::query::{Page, PageRequest, TaskQuery};
+
+#[macro_use]
+mod sql;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlTaskStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresTaskStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteTaskStore;
+
+/// What can go wrong in a store. Database text is kept as a source for logs; callers answering
+/// HTTP should map variants, never print the source to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached (connection refused, pool timed out, I/O error).
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A unique constraint was violated (for example a duplicate user name).
+    #[error("conflict with an existing row")]
+    Conflict(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    /// Applying the migrations failed.
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL names no backend this build supports.
+    #[error(
+        "unsupported database URL (expected sqlite:, postgres:// or mysql://, with the matching feature): {0}"
+    )]
+    UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(error),
+            _ => Self::Database(error),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the error means the database is unreachable (HTTP 503) rather than a bug.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Storage of tasks. Object safe: use it as `Arc<dyn TaskStore>`.
+///
+/// Every list is ordered newest first (`id` descending) and every total is exact.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Inserts one task and returns it with its id.
+    async fn insert(&self, task: &NewTask) -> Result<Task, StoreError>;
+
+    /// Inserts many tasks in one transaction (chunked into multi-row inserts); returns how many.
+    async fn insert_many(&self, tasks: &[NewTask]) -> Result<u64, StoreError>;
+
+    /// The task with this id.
+    async fn get(&self, id: i64) -> Result<Option<Task>, StoreError>;
+
+    /// The newest task with this upstream id, only among `owner`'s tasks when given.
+    async fn find_by_mj_id(
+        &self,
+        mj_id: &str,
+        owner: Option<i64>,
+    ) -> Result<Option<Task>, StoreError>;
+
+    /// One page of the tasks matching `query`, with the exact total. A page past the end is
+    /// empty and still carries the total.
+    async fn list(&self, query: &TaskQuery, page: PageRequest) -> Result<Page<Task>, StoreError>;
+
+    /// How many tasks match `query`.
+    async fn count(&self, query: &TaskQuery) -> Result<u64, StoreError>;
+
+    /// Up to `limit` unfinished tasks with `id > after_id`, in id order: the poller walks them in
+    /// bounded batches (pass the last id of a batch to get the next) and never loads the table.
+    async fn list_unfinished(&self, after_id: i64, limit: u32) -> Result<Vec<Task>, StoreError>;
+
+    /// Compare-and-swap: writes every mutable column of `task` if the stored row still has
+    /// `task.version`, bumping the version. Returns `false` when another writer got there first
+    /// (reload and decide again). `user_id` and `submit_time` are never rewritten.
+    async fn update_if_version(&self, task: &Task) -> Result<bool, StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Storage of upstream channels. Object safe: use it as `Arc<dyn ChannelStore>`.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait ChannelStore: Send + Sync {
+    /// Registers a channel (enabled) and returns it with its id.
+    async fn add_channel(&self, channel: &NewChannel) -> Result<Channel, StoreError>;
+
+    /// The channel with this id.
+    async fn get_channel(&self, id: i64) -> Result<Option<Channel>, StoreError>;
+
+    /// Every channel, by id.
+    async fn list_channels(&self) -> Result<Vec<Channel>, StoreError>;
+
+    /// Enables or disables a channel; `false` if there is none with this id.
+    async fn set_channel_enabled(&self, id: i64, enabled: bool) -> Result<bool, StoreError>;
+}
+
+/// The table that records applied migrations: named for this crate so that it never collides
+/// with an embedding application's own sqlx migrations in the same database.
+pub const MIGRATIONS_TABLE: &str = "_mj_tasks_migrations";
+
+/// The database behind a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (the embedded default).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+}
+
+impl Backend {
+    /// The backend a database URL names: `sqlite:`, `postgres://` / `postgresql://`,
+    /// `mysql://` / `mariadb://`.
+    pub fn from_url(url: &str) -> Option<Self> {
+        let scheme = url.split(':').next()?.to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            "mysql" | "mariadb" => Some(Self::MySql),
+            _ => None,
+        }
+    }
+}
+
+/// A store opened from a URL, whichever backend it names. Cloning is cheap (a pool handle).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SqlStore {
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(SqliteTaskStore),
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresTaskStore),
+    /// MySQL / MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(MySqlTaskStore),
+}
+
+impl SqlStore {
+    /// The store as a task store.
+    pub fn tasks(&self) -> Arc<dyn TaskStore> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Arc::new(store.clone()),
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The store as a channel store.
+    pub fn channels(&self) -> Arc<dyn ChannelStore> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Arc::new(store.clone()),
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(_) => Backend::Sqlite,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => Backend::Postgres,
+            #[cfg(feature = "mysql")]
+            Self::MySql(_) => Backend::MySql,
+        }
+    }
+
+    /// Closes the pool, waiting for checked-out connections to come back.
+    pub async fn close(&self) {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => store.pool().close().await,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => store.pool().close().await,
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => store.pool().close().await,
+        }
+    }
+}
+
+/// Connects to the database a URL names and applies the migrations (idempotent).
+///
+/// `sqlite://path.db` creates the file if missing; `postgres://...` and `mysql://...` (or
+/// `mariadb://...`) need the `postgres` / `mysql` features.
+///
+/// # Examples
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// let store = mj_tasks::connect("sqlite::memory:").await?;
+/// let tasks = store.tasks();
+/// assert_eq!(tasks.count(&mj_tasks::TaskQuery::all()).await?, 0);
+/// # Ok::<_, mj_tasks::StoreError>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+    let unsupported = || StoreError::UnsupportedUrl(redact_url(url));
+    match Backend::from_url(url).ok_or_else(unsupported)? {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => Ok(SqlStore::Sqlite(SqliteTaskStore::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => Ok(SqlStore::Postgres(PostgresTaskStore::connect(url).await?)),
+        #[cfg(feature = "mysql")]
+        Backend::MySql => Ok(SqlStore::MySql(MySqlTaskStore::connect(url).await?)),
+        #[allow(unreachable_patterns)]
+        _ => Err(unsupported()),
+    }
+}
+
+/// A database URL with its password replaced by `***`, for logs and errors.
+///
+/// ```
+/// assert_eq!(mj_tasks::store::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+/// assert_eq!(mj_tasks::store::redact_url("sqlite://a.db"), "sqlite://a.db");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}

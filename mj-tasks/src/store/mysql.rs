@@ -1,0 +1,72 @@
+//! The MySQL / MariaDB backend.
+
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::{MySql, QueryBuilder};
+
+use crate::store::{MIGRATIONS_TABLE, StoreError};
+
+/// Tasks and channels in MySQL or MariaDB.
+#[derive(Debug, Clone)]
+pub struct MySqlTaskStore {
+    pool: MySqlPool,
+}
+
+impl MySqlTaskStore {
+    /// Connects to `url` (`mysql://root@host/db`; `mariadb://` is accepted as an alias) and
+    /// applies the migrations.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), mj_tasks::StoreError> {
+    /// let store = mj_tasks::MySqlTaskStore::connect("mysql://root@127.0.0.1/test").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let url = match url.strip_prefix("mariadb:") {
+            Some(rest) => format!("mysql:{rest}"),
+            None => url.to_owned(),
+        };
+        let pool = MySqlPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await?;
+        let store = Self::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool; call [`Self::migrate`] before use if the schema may be missing.
+    pub fn from_pool(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Applies the migrations that are not applied yet (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut migrator = sqlx::migrate!("./migrations/mysql");
+        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The connection pool, for sharing with other tables of an embedding application.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    // MySQL has no INSERT ... RETURNING (MariaDB's is 10.5+ only); the insert id comes back in
+    // the OK packet instead.
+    async fn insert_returning_id(
+        &self,
+        mut builder: QueryBuilder<MySql>,
+    ) -> Result<i64, sqlx::Error> {
+        let result = builder.build().execute(&self.pool).await?;
+        i64::try_from(result.last_insert_id())
+            .map_err(|_| sqlx::Error::Protocol("insert id does not fit in i64".into()))
+    }
+}
+
+impl_sql_stores!(MySqlTaskStore, sqlx::MySql);

@@ -1,0 +1,65 @@
+//! The PostgreSQL backend.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::store::{MIGRATIONS_TABLE, StoreError};
+
+/// Tasks and channels in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresTaskStore {
+    pool: PgPool,
+}
+
+impl PostgresTaskStore {
+    /// Connects to `url` (`postgres://user@host/db`) and applies the migrations.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), mj_tasks::StoreError> {
+    /// let store = mj_tasks::PostgresTaskStore::connect("postgres://postgres@127.0.0.1/test").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        let store = Self::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool; call [`Self::migrate`] before use if the schema may be missing.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Applies the migrations that are not applied yet (idempotent, serialised by an advisory
+    /// lock when several instances start at once).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The connection pool, for sharing with other tables of an embedding application.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn insert_returning_id(
+        &self,
+        mut builder: QueryBuilder<Postgres>,
+    ) -> Result<i64, sqlx::Error> {
+        builder.push(" RETURNING id");
+        builder.build_query_scalar().fetch_one(&self.pool).await
+    }
+}
+
+impl_sql_stores!(PostgresTaskStore, sqlx::Postgres);

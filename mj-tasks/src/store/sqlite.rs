@@ -1,0 +1,89 @@
+//! The SQLite backend, the embedded default.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite};
+
+use crate::store::{MIGRATIONS_TABLE, StoreError};
+
+/// Tasks and channels in SQLite.
+///
+/// Opened files use WAL journaling (readers never wait for the writer) and a 5 s busy timeout.
+#[derive(Debug, Clone)]
+pub struct SqliteTaskStore {
+    pool: SqlitePool,
+}
+
+impl SqliteTaskStore {
+    /// Opens (creating if missing) the database at `url` — `sqlite://tasks.db`,
+    /// `sqlite::memory:` — and applies the migrations.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use mj_tasks::{SqliteTaskStore, TaskStore, TaskQuery};
+    /// let store = SqliteTaskStore::connect("sqlite::memory:").await?;
+    /// assert_eq!(store.count(&TaskQuery::all()).await?, 0);
+    /// # Ok::<_, mj_tasks::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        // Every connection to `:memory:` is a database of its own, so an in-memory store keeps
+        // exactly one connection for its whole life.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool_options = if in_memory {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(8)
+        };
+        let pool = pool_options
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let store = Self::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool; call [`Self::migrate`] before use if the schema may be missing.
+    pub fn from_pool(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Applies the migrations that are not applied yet (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The connection pool, for sharing with other tables of an embedding application.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn insert_returning_id(
+        &self,
+        mut builder: QueryBuilder<Sqlite>,
+    ) -> Result<i64, sqlx::Error> {
+        builder.push(" RETURNING id");
+        builder.build_query_scalar().fetch_one(&self.pool).await
+    }
+}
+
+impl_sql_stores!(SqliteTaskStore, sqlx::Sqlite);

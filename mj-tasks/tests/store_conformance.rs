@@ -1,0 +1,454 @@
+//! One store conformance suite, run against SQLite, PostgreSQL and MariaDB/MySQL.
+//!
+//! PostgreSQL and MySQL run when `MJ_TEST_POSTGRES_URL` / `MJ_TEST_MYSQL_URL` are set (each test
+//! gets a fresh database); unset, those tests print that they were skipped.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Kind, TestDb};
+use mj_tasks::{
+    Audience, ChannelStore, NewChannel, NewTask, PageRequest, Progress, SqlStore, TaskAction,
+    TaskQuery, TaskStatus, TaskStore, parse_list_query,
+};
+
+/// The columns every backend's `midjourneys` table must have.
+const TASK_COLUMNS: [&str; 24] = [
+    "action",
+    "buttons",
+    "channel_id",
+    "code",
+    "description",
+    "fail_reason",
+    "finish_time",
+    "finished",
+    "id",
+    "image_url",
+    "mj_id",
+    "progress",
+    "prompt",
+    "prompt_en",
+    "properties",
+    "quota",
+    "start_time",
+    "state",
+    "status",
+    "submit_time",
+    "user_id",
+    "version",
+    "video_url",
+    "video_urls",
+];
+
+const DAY_MS: i64 = 86_400_000;
+const BASE_MS: i64 = 1_700_000_000_000;
+
+fn task(user_id: i64, n: i64) -> NewTask {
+    NewTask {
+        code: 1,
+        user_id,
+        action: if n % 3 == 0 {
+            TaskAction::Upscale
+        } else {
+            TaskAction::Imagine
+        },
+        mj_id: format!("mj-{user_id}-{n}"),
+        prompt: format!("prompt {n}"),
+        submit_time: BASE_MS + n * DAY_MS,
+        status: if n % 2 == 0 {
+            TaskStatus::Success
+        } else {
+            TaskStatus::InProgress
+        },
+        progress: Progress::new(if n % 2 == 0 { "100%" } else { "40%" }),
+        channel_id: 1 + n % 3,
+        quota: 100,
+        buttons: "[]".into(),
+        properties: "{}".into(),
+        ..NewTask::default()
+    }
+}
+
+/// 30 tasks for user 1 and 10 for user 2, one per day, inserted interleaved.
+async fn fixture(tasks: &Arc<dyn TaskStore>) {
+    let mut batch = Vec::new();
+    for n in 0..30 {
+        batch.push(task(1, n));
+        if n % 3 == 0 {
+            batch.push(task(2, n));
+        }
+    }
+    assert_eq!(tasks.insert_many(&batch).await.unwrap(), 40);
+}
+
+fn ids(page: &mj_tasks::Page<mj_tasks::Task>) -> Vec<i64> {
+    page.items.iter().map(|t| t.id).collect()
+}
+
+async fn insert_and_get(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    let mut new = task(7, 1);
+    new.prompt = "日本の猫 🐈 — «ünïcödé» 'quotes' \"double\" \\ %_ ; DROP TABLE x".into();
+    new.status = TaskStatus::parse("WAITING_FOR_GPU");
+    new.action = TaskAction::parse("OUTPAINT");
+    new.buttons = r#"[{"customId":"MJ::JOB::upsample::1::abc","label":"U1"}]"#.into();
+    let inserted = tasks.insert(&new).await.unwrap();
+    assert!(inserted.id > 0);
+    let loaded = tasks.get(inserted.id).await.unwrap().unwrap();
+    assert_eq!(loaded, inserted);
+    assert_eq!(loaded.status, TaskStatus::Other("WAITING_FOR_GPU".into()));
+    assert_eq!(loaded.action.as_str(), "OUTPAINT");
+    assert_eq!(loaded.prompt, new.prompt);
+    assert!(tasks.get(inserted.id + 1000).await.unwrap().is_none());
+}
+
+async fn large_text(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    let mut new = task(1, 1);
+    new.prompt = "λ".repeat(300_000);
+    new.properties = format!("{{\"finalPrompt\":\"{}\"}}", "x".repeat(200_000));
+    let inserted = tasks.insert(&new).await.unwrap();
+    let loaded = tasks.get(inserted.id).await.unwrap().unwrap();
+    assert_eq!(loaded.prompt.chars().count(), 300_000);
+    assert_eq!(loaded.properties, new.properties);
+}
+
+async fn ordering_and_totals(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await;
+    let page = tasks
+        .list(&TaskQuery::all(), PageRequest::first())
+        .await
+        .unwrap();
+    assert_eq!(page.total, 40);
+    assert_eq!(page.items.len(), 20);
+    let listed = ids(&page);
+    let mut sorted = listed.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(listed, sorted, "newest (highest id) first");
+    let second = tasks
+        .list(&TaskQuery::all(), PageRequest::new(2, 20).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 20);
+    assert!(second.items[0].id < page.items[19].id);
+    assert_eq!((second.page, second.page_size), (2, 20));
+}
+
+async fn owner_isolation(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await;
+    let mine = tasks
+        .list(&TaskQuery::owned_by(2), PageRequest::new(1, 100).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(mine.total, 10);
+    assert!(mine.items.iter().all(|t| t.user_id == 2));
+    let nobody = tasks
+        .list(&TaskQuery::owned_by(99), PageRequest::first())
+        .await
+        .unwrap();
+    assert_eq!((nobody.total, nobody.items.len()), (0, 0));
+    // Another user's mj_id is invisible in a scoped lookup.
+    assert!(
+        tasks
+            .find_by_mj_id("mj-1-4", Some(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        tasks
+            .find_by_mj_id("mj-1-4", Some(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(tasks.find_by_mj_id("mj-1-4", None).await.unwrap().is_some());
+    let scoped = tasks
+        .list(
+            &TaskQuery::owned_by(2).with_mj_id("mj-1-4"),
+            PageRequest::first(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scoped.total, 0);
+}
+
+async fn filters_alone_and_combined(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await;
+    let count = |q: TaskQuery| {
+        let tasks = tasks.clone();
+        async move {
+            let page = tasks
+                .list(&q, PageRequest::new(1, 100).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(page.total as usize, page.items.len());
+            page.total
+        }
+    };
+    assert_eq!(count(TaskQuery::all().with_mj_id("mj-2-9")).await, 1);
+    assert_eq!(
+        count(TaskQuery::all().with_mj_id("MJ-2-9")).await,
+        0,
+        "exact match"
+    );
+    assert_eq!(count(TaskQuery::all().with_channel(1)).await, 20);
+    assert_eq!(count(TaskQuery::owned_by(1).with_channel(1)).await, 10);
+    // Inclusive bounds on submit_time: days 10..=19.
+    let range = TaskQuery::owned_by(1)
+        .submitted_between(Some(BASE_MS + 10 * DAY_MS), Some(BASE_MS + 19 * DAY_MS));
+    assert_eq!(count(range.clone()).await, 10);
+    assert_eq!(count(range.clone().with_channel(2)).await, 4);
+    assert_eq!(
+        count(TaskQuery::all().submitted_between(Some(BASE_MS + 27 * DAY_MS), None)).await,
+        4
+    );
+    assert_eq!(
+        count(TaskQuery::all().submitted_between(None, Some(BASE_MS))).await,
+        2
+    );
+    assert_eq!(
+        count(TaskQuery::all().submitted_between(Some(BASE_MS + 5), Some(BASE_MS))).await,
+        0
+    );
+    let status = TaskQuery {
+        status: Some(TaskStatus::Success),
+        ..TaskQuery::owned_by(1)
+    };
+    assert_eq!(count(status).await, 15);
+    let action = TaskQuery {
+        action: Some(TaskAction::Upscale),
+        ..TaskQuery::owned_by(2)
+    };
+    assert_eq!(count(action).await, 10);
+    let everything = TaskQuery {
+        status: Some(TaskStatus::Success),
+        action: Some(TaskAction::Upscale),
+        ..TaskQuery::owned_by(2)
+            .with_channel(1)
+            .with_mj_id("mj-2-0")
+            .submitted_between(Some(BASE_MS), Some(BASE_MS))
+    };
+    assert_eq!(count(everything).await, 1);
+}
+
+async fn seconds_and_millisecond_bounds(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await;
+    let from_s = (BASE_MS + 10 * DAY_MS) / 1000;
+    let to_ms = BASE_MS + 12 * DAY_MS;
+    for raw in [
+        format!("start_timestamp={from_s}&end_timestamp={to_ms}"),
+        format!(
+            "start_timestamp={}&end_timestamp={}",
+            from_s * 1000,
+            to_ms / 1000
+        ),
+    ] {
+        let (query, page) = parse_list_query(&raw, Audience::Owner(1)).unwrap();
+        let listed = tasks.list(&query, page).await.unwrap();
+        assert_eq!(listed.total, 3, "{raw}");
+        assert!(
+            listed
+                .items
+                .iter()
+                .all(|t| t.submit_time >= from_s * 1000 && t.submit_time <= to_ms)
+        );
+    }
+}
+
+async fn pages_past_the_end_and_size_cap(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    let batch: Vec<NewTask> = (0..150).map(|n| task(3, n)).collect();
+    tasks.insert_many(&batch).await.unwrap();
+    let (query, page) = parse_list_query("page_size=1000", Audience::Owner(3)).unwrap();
+    let capped = tasks.list(&query, page).await.unwrap();
+    assert_eq!(
+        (capped.items.len(), capped.page_size, capped.total),
+        (100, 100, 150)
+    );
+    let last = tasks
+        .list(&query, PageRequest::new(2, 100).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(last.items.len(), 50);
+    for p in [3, 1_000_000, i64::MAX] {
+        let past = tasks
+            .list(&query, PageRequest::new(p, 100).unwrap())
+            .await
+            .unwrap();
+        assert_eq!((past.items.len(), past.total), (0, 150));
+    }
+    // Walking every page yields every task exactly once.
+    let mut seen = Vec::new();
+    for p in 1..=8 {
+        seen.extend(ids(&tasks
+            .list(&query, PageRequest::new(p, 20).unwrap())
+            .await
+            .unwrap()));
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 150);
+}
+
+async fn duplicate_mj_ids(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    let first = tasks.insert(&task(1, 1)).await.unwrap();
+    let second = tasks.insert(&task(1, 1)).await.unwrap();
+    assert_eq!(first.mj_id, second.mj_id);
+    let found = tasks
+        .find_by_mj_id(&first.mj_id, Some(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, second.id, "the newest row wins");
+    let both = tasks
+        .list(
+            &TaskQuery::all().with_mj_id(first.mj_id.clone()),
+            PageRequest::first(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.total, 2);
+}
+
+async fn unfinished_batches_and_cas(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await; // 20 of 40 unfinished (odd n)
+    let mut after = 0;
+    let mut unfinished = Vec::new();
+    loop {
+        let batch = tasks.list_unfinished(after, 7).await.unwrap();
+        assert!(batch.len() <= 7);
+        let Some(last) = batch.last() else { break };
+        after = last.id;
+        unfinished.extend(batch);
+    }
+    assert_eq!(unfinished.len(), 20);
+    assert!(unfinished.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(unfinished.iter().all(|t| !t.is_finished()));
+
+    let original = unfinished[0].clone();
+    let mut update = original.clone();
+    update.status = TaskStatus::Failure;
+    update.progress = Progress::complete();
+    update.fail_reason = "upstream said no".into();
+    update.submit_time = 1; // must be ignored
+    update.user_id = 999; // must be ignored
+    let mut competing = original.clone();
+    competing.status = TaskStatus::Success;
+
+    assert!(tasks.update_if_version(&update).await.unwrap());
+    assert!(
+        !tasks.update_if_version(&competing).await.unwrap(),
+        "stale version loses"
+    );
+    let stored = tasks.get(original.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Failure);
+    assert_eq!(stored.fail_reason, "upstream said no");
+    assert_eq!(stored.version, original.version + 1);
+    assert_eq!(stored.submit_time, original.submit_time);
+    assert_eq!(stored.user_id, original.user_id);
+    let remaining = tasks.list_unfinished(0, 100).await.unwrap();
+    assert_eq!(
+        remaining.len(),
+        19,
+        "a finished task leaves the unfinished scan"
+    );
+    // A reloaded task can be updated again.
+    let mut again = stored.clone();
+    again.fail_reason = "second".into();
+    assert!(tasks.update_if_version(&again).await.unwrap());
+}
+
+async fn channels(store: &SqlStore, _: &TestDb) {
+    let channels = store.channels();
+    let added = channels
+        .add_channel(&NewChannel {
+            name: "primary".into(),
+            base_url: "http://127.0.0.1:9".into(),
+            secret: "s3cret".into(),
+        })
+        .await
+        .unwrap();
+    assert!(added.enabled);
+    assert!(!format!("{added:?}").contains("s3cret"));
+    assert_eq!(
+        channels.get_channel(added.id).await.unwrap().unwrap(),
+        added
+    );
+    assert!(channels.set_channel_enabled(added.id, false).await.unwrap());
+    assert!(
+        channels.set_channel_enabled(added.id, false).await.unwrap(),
+        "no-op still found"
+    );
+    assert!(
+        !channels
+            .set_channel_enabled(added.id + 50, false)
+            .await
+            .unwrap()
+    );
+    let listed = channels.list_channels().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!listed[0].enabled);
+}
+
+async fn migrations_are_idempotent_and_schemas_match(store: &SqlStore, db: &TestDb) {
+    store.tasks().insert(&task(1, 1)).await.unwrap();
+    // Connecting again re-runs the migrator: nothing is applied twice, nothing is lost.
+    let again = mj_tasks::connect(db.url()).await.unwrap();
+    assert_eq!(again.tasks().count(&TaskQuery::all()).await.unwrap(), 1);
+    again.close().await;
+    assert_eq!(db.columns("midjourneys").await, TASK_COLUMNS);
+    assert_eq!(
+        db.columns("mj_channels").await,
+        ["base_url", "created_at", "enabled", "id", "name", "secret"]
+    );
+    store.tasks().ping().await.unwrap();
+}
+
+macro_rules! conformance_suite {
+    ($module:ident, $kind:expr, [$($case:ident),+ $(,)?]) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(db) = TestDb::open($kind).await else { return };
+                    let store = mj_tasks::connect(db.url()).await.expect("connect to test database");
+                    super::$case(&store, &db).await;
+                    store.close().await;
+                }
+            )+
+        }
+    };
+}
+
+macro_rules! all_backends {
+    ($($case:ident),+ $(,)?) => {
+        conformance_suite!(sqlite, Kind::Sqlite, [$($case),+]);
+        #[cfg(feature = "postgres")]
+        conformance_suite!(postgres, Kind::Postgres, [$($case),+]);
+        #[cfg(feature = "mysql")]
+        conformance_suite!(mysql, Kind::MySql, [$($case),+]);
+    };
+}
+
+all_backends!(
+    insert_and_get,
+    large_text,
+    ordering_and_totals,
+    owner_isolation,
+    filters_alone_and_combined,
+    seconds_and_millisecond_bounds,
+    pages_past_the_end_and_size_cap,
+    duplicate_mj_ids,
+    unfinished_batches_and_cas,
+    channels,
+    migrations_are_idempotent_and_schemas_match,
+);
