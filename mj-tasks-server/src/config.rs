@@ -1,0 +1,209 @@
+//! Command line and environment: every setting is a flag and an `MJ_*` variable.
+
+use std::fmt;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::users::Role;
+
+/// `mj-tasks-server`: the Midjourney task module of an AI API gateway.
+#[derive(Debug, Parser)]
+#[command(name = "mj-tasks-server", version, about)]
+pub struct Cli {
+    /// Settings shared by every subcommand.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Server settings.
+#[derive(Clone, Args)]
+pub struct Settings {
+    /// Database URL: sqlite://FILE (created if missing), postgres://..., mysql://...
+    #[arg(
+        long,
+        env = "MJ_DATABASE_URL",
+        default_value = "sqlite://mj-tasks.db",
+        global = true
+    )]
+    pub database_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "MJ_BIND", default_value = "127.0.0.1:3000", global = true)]
+    pub bind: String,
+    /// Public base URL used in forwarded image URLs (default: http://<bind>).
+    #[arg(long, env = "MJ_SERVER_ADDRESS", global = true)]
+    pub server_address: Option<String>,
+    /// Rewrite image URLs to this server's /mj/image/... (true/false).
+    #[arg(long, env = "MJ_FORWARD_IMAGES", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set, global = true)]
+    pub forward_images: bool,
+    /// Seconds between poll rounds of unfinished tasks; 0 turns the poller off.
+    #[arg(
+        long,
+        env = "MJ_POLL_INTERVAL_SECS",
+        default_value_t = 15,
+        global = true
+    )]
+    pub poll_interval_secs: u64,
+    /// Seconds after our submit time after which an unfinished task is failed.
+    #[arg(
+        long,
+        env = "MJ_TASK_TIMEOUT_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub task_timeout_secs: u64,
+    /// Let image forwarding fetch from loopback/private addresses (tests, local upstreams).
+    #[arg(long, env = "MJ_ALLOW_PRIVATE_UPSTREAMS", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set, global = true)]
+    pub allow_private_upstreams: bool,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or mj_tasks_server=debug.
+    #[arg(long, env = "MJ_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl Settings {
+    /// Settings with every default and the given database URL (for tests and embedding).
+    pub fn with_database_url(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            bind: "127.0.0.1:3000".to_owned(),
+            server_address: None,
+            forward_images: true,
+            poll_interval_secs: 15,
+            task_timeout_secs: 3600,
+            allow_private_upstreams: false,
+            log: "info".to_owned(),
+        }
+    }
+
+    /// The public base URL, without a trailing slash.
+    pub fn public_base_url(&self) -> String {
+        match &self.server_address {
+            Some(address) if !address.trim().is_empty() => {
+                address.trim().trim_end_matches('/').to_owned()
+            }
+            _ => format!("http://{}", self.bind),
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field(
+                "database_url",
+                &mj_tasks::store::redact_url(&self.database_url),
+            )
+            .field("bind", &self.bind)
+            .field("server_address", &self.server_address)
+            .field("forward_images", &self.forward_images)
+            .field("poll_interval_secs", &self.poll_interval_secs)
+            .field("task_timeout_secs", &self.task_timeout_secs)
+            .field("allow_private_upstreams", &self.allow_private_upstreams)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Manage dashboard users.
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage upstream midjourney-proxy channels.
+    Channel {
+        /// What to do.
+        #[command(subcommand)]
+        command: ChannelCommand,
+    },
+    /// Fill the store with realistic tasks for demos and benchmarks.
+    Seed {
+        /// Owner of the tasks (created if missing).
+        #[arg(long)]
+        user: String,
+        /// How many tasks.
+        #[arg(long)]
+        tasks: u64,
+        /// Spread the tasks over channel ids 1..=K.
+        #[arg(long, default_value_t = 8)]
+        channels: u32,
+    },
+}
+
+/// `user ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user and print its access token (last line).
+    Add {
+        /// Unique user name.
+        name: String,
+        /// Role.
+        #[arg(long, value_enum, default_value = "user")]
+        role: Role,
+        /// Initial quota.
+        #[arg(long, default_value_t = 0)]
+        quota: i64,
+    },
+    /// List users: id, name, role, status, quota.
+    List {
+        /// Print a JSON array instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user (refused at once on every request).
+    Disable {
+        /// User name.
+        name: String,
+    },
+    /// Enable a user.
+    Enable {
+        /// User name.
+        name: String,
+    },
+    /// Issue a new access token (the old one stops working) and print it (last line).
+    Token {
+        /// User name.
+        name: String,
+    },
+    /// Set a user's quota.
+    Quota {
+        /// User name.
+        name: String,
+        /// New quota.
+        #[arg(allow_negative_numbers = true)]
+        quota: i64,
+    },
+}
+
+/// `channel ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Register an upstream midjourney-proxy and print its id (last line).
+    Add {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Base URL, e.g. https://mj.example.com.
+        #[arg(long)]
+        base_url: String,
+        /// Its mj-api-secret.
+        #[arg(long)]
+        secret: String,
+    },
+    /// List channels (secrets are not shown).
+    List,
+    /// Disable a channel.
+    Disable {
+        /// Channel id.
+        id: i64,
+    },
+}

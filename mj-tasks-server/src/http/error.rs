@@ -1,0 +1,136 @@
+//! The dashboard error envelope and the one rejection handler that produces it.
+
+use std::convert::Infallible;
+
+use mj_tasks::{QueryError, StoreError};
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reject::Reject;
+use warp::{Rejection, Reply};
+
+/// `{"success": ..., "message": ..., "data": ...}`.
+#[derive(Debug, Serialize)]
+pub struct Envelope<T> {
+    /// Whether the request succeeded.
+    pub success: bool,
+    /// `""` on success, a sentence on failure.
+    pub message: String,
+    /// The payload (`null` on failure).
+    pub data: Option<T>,
+}
+
+impl<T: Serialize> Envelope<T> {
+    /// A success envelope around `data`.
+    pub fn ok(data: T) -> Self {
+        Self {
+            success: true,
+            message: String::new(),
+            data: Some(data),
+        }
+    }
+}
+
+/// A handler outcome that is not a success; becomes an envelope with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Client-facing message (never database or upstream text).
+    pub message: String,
+}
+
+impl Reject for ApiError {}
+
+impl ApiError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// Maps a store failure: unreachable database → 503, anything else → 500. The database's
+    /// own text goes to the log only.
+    pub fn store(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(error = ?error, "database unavailable");
+            Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The database is unavailable; try again later.",
+            )
+        } else {
+            tracing::error!(error = ?error, "store error");
+            Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.")
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(error: QueryError) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Invalid query parameter `{}`: {}.",
+                error.parameter, error.reason
+            ),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::store(error)
+    }
+}
+
+/// Renders an error envelope.
+pub fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
+    let body = Envelope::<()> {
+        success: false,
+        message: message.to_owned(),
+        data: None,
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// Turns every rejection into the envelope with the right status.
+pub async fn handle_rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let (status, message) = if let Some(error) = rejection.find::<ApiError>() {
+        (error.status, error.message.clone())
+    } else if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "Not found.".to_owned())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed.".to_owned(),
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large.".to_owned(),
+        )
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some()
+        || rejection.find::<warp::reject::InvalidHeader>().is_some()
+        || rejection.find::<warp::reject::MissingHeader>().is_some()
+    {
+        (StatusCode::BAD_REQUEST, "Bad request.".to_owned())
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error.".to_owned(),
+        )
+    };
+    Ok(error_reply(status, &message))
+}

@@ -1,0 +1,71 @@
+//! The HTTP layer, laid out like warp's `examples/todos.rs`: [`routes`] composes one filter per
+//! route, `handlers` makes one library call each, `error` renders every failure.
+
+pub mod auth;
+pub mod error;
+pub mod handlers;
+
+use std::convert::Infallible;
+
+use warp::Filter;
+
+use crate::App;
+use crate::users::Role;
+
+/// Every route, with request logging and the rejection handler installed.
+pub fn routes(
+    app: App,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let own_tasks = warp::path!("api" / "mj" / "self")
+        .and(warp::get())
+        .and(auth::authenticated(app.users.clone(), Role::User))
+        .and(raw_query())
+        .and(with_app(app.clone()))
+        .and_then(handlers::list_own_tasks);
+
+    // `/api/mj` and `/api/mj/` both answer directly (new-api redirects the former).
+    let all_tasks = warp::path("api")
+        .and(warp::path("mj"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(auth::authenticated(app.users.clone(), Role::Admin))
+        .and(raw_query())
+        .and(with_app(app.clone()))
+        .and_then(handlers::list_all_tasks);
+
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .and(with_app(app))
+        .and_then(handlers::health);
+
+    own_tasks
+        .map(warp::Reply::into_response)
+        .or(all_tasks.map(warp::Reply::into_response))
+        .unify()
+        .or(health.map(warp::Reply::into_response))
+        .unify()
+        .recover(error::handle_rejection)
+        .unify()
+        .with(warp::log::custom(log_request))
+}
+
+fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// The raw query string, `""` when there is none (warp's own filter rejects that case).
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// One line per request; the path only, never headers (tokens) or the query.
+fn log_request(info: warp::log::Info<'_>) {
+    tracing::info!(
+        method = %info.method(),
+        path = info.path(),
+        status = info.status().as_u16(),
+        latency_ms = info.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+}
