@@ -139,11 +139,7 @@ async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
                     .collect();
                 writeln!(out, "{}", serde_json::Value::Array(rows))?;
             } else {
-                writeln!(
-                    out,
-                    "{:<6} {:<24} {:<6} {:<9} {}",
-                    "ID", "NAME", "ROLE", "STATUS", "QUOTA"
-                )?;
+                writeln!(out, "{:<6} {:<24} {:<6} {:<9} QUOTA", "ID", "NAME", "ROLE", "STATUS")?;
                 for u in &users {
                     writeln!(
                         out,
@@ -233,11 +229,7 @@ async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
             writeln!(out, "{}", channel.id)?;
         }
         ChannelCommand::List => {
-            writeln!(
-                out,
-                "{:<6} {:<20} {:<9} {}",
-                "ID", "NAME", "STATUS", "BASE_URL"
-            )?;
+            writeln!(out, "{:<6} {:<20} {:<9} BASE_URL", "ID", "NAME", "STATUS")?;
             for c in app.channels.list_channels().await? {
                 let status = if c.enabled { "enabled" } else { "disabled" };
                 writeln!(

@@ -26,6 +26,9 @@
 //! - `mock`: `MockTaskStore` and `MockChannelStore` (mockall) for tests of code using the traits.
 #![warn(missing_docs)]
 
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!("mj-tasks needs at least one backend feature: sqlite, postgres or mysql");
+
 pub mod channel;
 pub mod model;
 pub mod query;

@@ -46,7 +46,7 @@ impl SyntheticSpec {
             start_ms: end_ms - 90 * 86_400_000,
             end_ms,
             unfinished_per_mille: 5,
-            seed: 0x6d6a_7461_736b_73,
+            seed: 0x006d_6a74_6173_6b73,
         }
     }
 

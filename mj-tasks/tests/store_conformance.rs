@@ -3,6 +3,8 @@
 //! PostgreSQL and MySQL run when `MJ_TEST_POSTGRES_URL` / `MJ_TEST_MYSQL_URL` are set (each test
 //! gets a fresh database); unset, those tests print that they were skipped.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod common;
 
 use std::sync::Arc;

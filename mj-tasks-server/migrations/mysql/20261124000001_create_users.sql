@@ -2,8 +2,8 @@
 CREATE TABLE mj_users (
     id         BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
     username   VARCHAR(191) NOT NULL,
-    role       INT          NOT NULL DEFAULT 1,
-    status     INT          NOT NULL DEFAULT 1,
+    role       BIGINT       NOT NULL DEFAULT 1,
+    status     BIGINT       NOT NULL DEFAULT 1,
     quota      BIGINT       NOT NULL DEFAULT 0,
     token_hash CHAR(64)     NOT NULL,
     created_at BIGINT       NOT NULL,

@@ -1,7 +1,7 @@
 //! Databases for tests: a temporary SQLite file, or a fresh PostgreSQL / MariaDB database per
 //! test, created on the server named by `MJ_TEST_POSTGRES_URL` / `MJ_TEST_MYSQL_URL` and dropped
 //! afterwards (also when the test panics). Shared with the server's tests through `#[path]`.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,0 +1,127 @@
+//! The CLI as an operator runs it: the real binary against a fresh SQLite file.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::process::{Command, Output};
+
+fn run(db: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mj-tasks-server"))
+        .args(args)
+        .env("MJ_DATABASE_URL", db)
+        .env("MJ_LOG", "warn")
+        .output()
+        .expect("run mj-tasks-server")
+}
+
+fn last_line(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn users_channels_and_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let token = last_line(&run(
+        &db,
+        &["user", "add", "alice", "--role", "admin", "--quota", "500"],
+    ));
+    assert!(
+        token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token}"
+    );
+    let duplicate = run(&db, &["user", "add", "alice"]);
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&last_line(&run(&db, &["user", "list", "--json"]))).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([{"id": 1, "name": "alice", "role": "admin", "status": "enabled", "quota": 500}])
+    );
+
+    let rotated = last_line(&run(&db, &["user", "token", "alice"]));
+    assert_ne!(rotated, token);
+    run(&db, &["user", "disable", "alice"]);
+    run(&db, &["user", "quota", "alice", "42"]);
+    let table = String::from_utf8_lossy(&run(&db, &["user", "list"]).stdout).to_string();
+    assert!(
+        table.contains("alice") && table.contains("disabled") && table.contains("42"),
+        "{table}"
+    );
+    assert!(!run(&db, &["user", "quota", "alice", "-1"]).status.success());
+    assert!(!run(&db, &["user", "enable", "nobody"]).status.success());
+    run(&db, &["user", "enable", "alice"]);
+
+    let id = last_line(&run(
+        &db,
+        &[
+            "channel",
+            "add",
+            "--name",
+            "main",
+            "--base-url",
+            "http://127.0.0.1:8080/",
+            "--secret",
+            "hush",
+        ],
+    ));
+    assert_eq!(id, "1");
+    let channels = String::from_utf8_lossy(&run(&db, &["channel", "list"]).stdout).to_string();
+    assert!(
+        channels.contains("http://127.0.0.1:8080") && !channels.contains("hush"),
+        "{channels}"
+    );
+    assert!(run(&db, &["channel", "disable", "1"]).status.success());
+    assert!(!run(&db, &["channel", "disable", "9"]).status.success());
+    assert!(
+        !run(
+            &db,
+            &[
+                "channel",
+                "add",
+                "--name",
+                "x",
+                "--base-url",
+                "ftp://x",
+                "--secret",
+                "s"
+            ]
+        )
+        .status
+        .success()
+    );
+
+    let seeded = run(
+        &db,
+        &[
+            "seed",
+            "--user",
+            "bob",
+            "--tasks",
+            "2500",
+            "--channels",
+            "3",
+        ],
+    );
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    let users: serde_json::Value = serde_json::from_str(&last_line(&run(
+        &db,
+        &["--database-url", &db, "user", "list", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(users[1]["name"], "bob");
+}
