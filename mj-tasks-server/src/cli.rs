@@ -139,7 +139,11 @@ async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
                     .collect();
                 writeln!(out, "{}", serde_json::Value::Array(rows))?;
             } else {
-                writeln!(out, "{:<6} {:<24} {:<6} {:<9} QUOTA", "ID", "NAME", "ROLE", "STATUS")?;
+                writeln!(
+                    out,
+                    "{:<6} {:<24} {:<6} {:<9} QUOTA",
+                    "ID", "NAME", "ROLE", "STATUS"
+                )?;
                 for u in &users {
                     writeln!(
                         out,

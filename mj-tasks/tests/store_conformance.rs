@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use common::{Kind, TestDb};
 use mj_tasks::{
-    Audience, ChannelStore, NewChannel, NewTask, PageRequest, Progress, SqlStore, TaskAction,
-    TaskQuery, TaskStatus, TaskStore, parse_list_query,
+    Audience, NewChannel, NewTask, PageRequest, Progress, SqlStore, TaskAction, TaskQuery,
+    TaskStatus, TaskStore, parse_list_query,
 };
 
 /// The columns every backend's `midjourneys` table must have.
