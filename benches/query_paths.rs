@@ -20,9 +20,11 @@
 //!    (the public API: `list` = exact count + page, `find_by_mj_id`, `list_unfinished`) and
 //!    `anchor` (new-api's SQL through raw sqlx: the page `SELECT * ... ORDER BY id DESC LIMIT ?
 //!    OFFSET ?`, then the separate `SELECT COUNT(*)` with the same `WHERE`, rows decoded into a
-//!    struct of every column as GORM does). Then an own loop runs both sides interleaved (order
-//!    alternating per round) and prints, per backend, `path | ours | anchor | anchor/ours` with
-//!    medians, also written to `<target dir>/query_paths_<backend>.md`.
+//!    struct of every column as GORM does). Both sides go through sqlx's cached prepared
+//!    statements, as new-api's GORM config does (`PrepareStmt: true`). Then an own loop runs both
+//!    sides interleaved (order alternating per round) and prints, per backend,
+//!    `path | ours | anchor | anchor/ours` with medians, also written to
+//!    `<target dir>/query_paths_<backend>.md`.
 //!
 //! Run with `cargo bench --bench query_paths`. Under `cargo test --benches` (criterion's test
 //! mode) it runs once on 3,000 tasks as a smoke test of the same checks.
@@ -343,6 +345,16 @@ impl Anchor {
         u64::try_from(count).expect("anchor: negative count")
     }
 
+    /// One text value, for describing the server.
+    async fn text(&self, sql: &'static str) -> String {
+        with_anchor!(self, |pool, Db| {
+            sqlx::query_scalar::<Db, String>(sql)
+                .fetch_one(pool)
+                .await
+                .expect("anchor: server description")
+        })
+    }
+
     async fn close(&self) {
         with_anchor!(self, |pool, _Db| pool.close().await)
     }
@@ -493,6 +505,8 @@ struct Bed {
     anchor: Anchor,
     anchor_table: &'static str,
     heavy_total: u64,
+    /// Server version and cache size, for the report.
+    server: String,
     seed_time: Duration,
     copy_time: Duration,
     /// Dropped last: removes the temporary file or drops the database.
@@ -799,6 +813,19 @@ async fn set_up(kind: Kind, config: &Config) -> Option<Bed> {
         anchor.count(&count).await,
         "both tables hold the same rows"
     );
+    let server = anchor
+        .text(match kind {
+            Kind::Sqlite => "SELECT 'SQLite ' || sqlite_version()",
+            Kind::Postgres => {
+                "SELECT 'PostgreSQL ' || current_setting('server_version') \
+                 || ', shared_buffers ' || current_setting('shared_buffers')"
+            }
+            Kind::MySql => {
+                "SELECT CAST(CONCAT(VERSION(), ', innodb_buffer_pool_size ', \
+                 @@innodb_buffer_pool_size DIV 1048576, 'MB') AS CHAR)"
+            }
+        })
+        .await;
     let heavy_total = tasks
         .count(&TaskQuery::owned_by(HEAVY_USER))
         .await
@@ -811,6 +838,7 @@ async fn set_up(kind: Kind, config: &Config) -> Option<Bed> {
         anchor,
         anchor_table,
         heavy_total,
+        server,
         seed_time,
         copy_time,
         _db: db,
@@ -1023,13 +1051,14 @@ fn bench_backend(
 
     let mut table = format!(
         "### {label}: {} tasks (heavy user {}), seeded in {:.1} s, anchor copied + indexed + \
-         analyzed in {:.1} s\n\n\
+         analyzed in {:.1} s\n\n{}\n\n\
          | path | ours (median) | anchor (median) | anchor/ours | target | rounds |\n\
          |---|---:|---:|---:|---|---:|\n",
         thousands(config.tasks),
         thousands(bed.heavy_total),
         bed.seed_time.as_secs_f64(),
         bed.copy_time.as_secs_f64(),
+        bed.server,
     );
     for path in &paths {
         let (ours, anchor, rounds) = runtime.block_on(side_by_side(&bed, path, config));
