@@ -23,6 +23,7 @@
 //!
 //! ## Features
 //! - `sqlite` (default), `postgres`, `mysql`: the backends.
+//! - `image-proxy`: the streaming image fetcher and disk cache of [`image`] (reqwest, rustls).
 //! - `mock`: `MockTaskStore` and `MockChannelStore` (mockall) for tests of code using the traits.
 #![warn(missing_docs)]
 
@@ -30,6 +31,7 @@
 compile_error!("mj-tasks needs at least one backend feature: sqlite, postgres or mysql");
 
 pub mod channel;
+pub mod image;
 pub mod model;
 pub mod query;
 pub mod store;
@@ -46,9 +48,9 @@ pub use store::MySqlTaskStore;
 pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
-pub use store::{Backend, ChannelStore, SqlStore, StoreError, TaskStore, connect};
+pub use store::{Backend, ChannelStore, SettingStore, SqlStore, StoreError, TaskStore, connect};
 #[cfg(any(test, feature = "mock"))]
-pub use store::{MockChannelStore, MockTaskStore};
+pub use store::{MockChannelStore, MockSettingStore, MockTaskStore};
 
 /// The sqlx version this crate is built with, so that pools built by an embedding application
 /// match ([`SqliteTaskStore::from_pool`] and friends).

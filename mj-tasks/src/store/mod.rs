@@ -15,6 +15,8 @@ use crate::query::{Page, PageRequest, TaskQuery};
 
 #[macro_use]
 mod sql;
+#[macro_use]
+mod settings;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
@@ -132,6 +134,24 @@ pub trait ChannelStore: Send + Sync {
     async fn set_channel_enabled(&self, id: i64, enabled: bool) -> Result<bool, StoreError>;
 }
 
+/// Named values shared by every instance on one database (table `mj_settings`). Object safe:
+/// use it as `Arc<dyn SettingStore>`.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait SettingStore: Send + Sync {
+    /// The value stored under `name`, if any.
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// The value stored under `name`; when there is none, stores `candidate` first. Race-free
+    /// across instances: when several insert at once exactly one value wins and all of them
+    /// return it.
+    async fn get_or_insert_setting(
+        &self,
+        name: &str,
+        candidate: &str,
+    ) -> Result<String, StoreError>;
+}
+
 /// The table that records applied migrations: named for this crate so that it never collides
 /// with an embedding application's own sqlx migrations in the same database.
 pub const MIGRATIONS_TABLE: &str = "_mj_tasks_migrations";
@@ -191,6 +211,18 @@ impl SqlStore {
 
     /// The store as a channel store.
     pub fn channels(&self) -> Arc<dyn ChannelStore> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Arc::new(store.clone()),
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The store as a setting store.
+    pub fn settings(&self) -> Arc<dyn SettingStore> {
         match self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => Arc::new(store.clone()),

@@ -70,3 +70,4 @@ impl MySqlTaskStore {
 }
 
 impl_sql_stores!(MySqlTaskStore, sqlx::MySql);
+impl_setting_store!(MySqlTaskStore, sqlx::MySql);

@@ -63,3 +63,4 @@ impl PostgresTaskStore {
 }
 
 impl_sql_stores!(PostgresTaskStore, sqlx::Postgres);
+impl_setting_store!(PostgresTaskStore, sqlx::Postgres);

@@ -87,3 +87,4 @@ impl SqliteTaskStore {
 }
 
 impl_sql_stores!(SqliteTaskStore, sqlx::Sqlite);
+impl_setting_store!(SqliteTaskStore, sqlx::Sqlite);
