@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{ChannelCommand, Cli, Command, UserCommand};
 use crate::users::{AccessToken, Role, User};
-use crate::{App, Settings};
+use crate::{App, OpenError, Settings};
 
 /// Why a command failed; printed as `error: ...` with exit status 1.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,9 @@ pub enum CliError {
     /// The database failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// Image forwarding could not be set up.
+    #[error("{0}")]
+    Images(#[from] crate::images::ImagesError),
     /// Listening failed.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -39,6 +42,15 @@ pub enum CliError {
     /// A value a command refuses.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<OpenError> for CliError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::Store(error) => Self::Store(error),
+            OpenError::Images(error) => Self::Images(error),
+        }
+    }
 }
 
 /// Runs the parsed command line.

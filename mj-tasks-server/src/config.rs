@@ -1,6 +1,7 @@
 //! Command line and environment: every setting is a flag and an `MJ_*` variable.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -59,6 +60,53 @@ pub struct Settings {
     #[arg(long, env = "MJ_ALLOW_PRIVATE_UPSTREAMS", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = ArgAction::Set, global = true)]
     pub allow_private_upstreams: bool,
+    /// Key for signing forwarded image URLs, at least 16 bytes (default: one generated once and
+    /// kept in the database, shared by every instance).
+    #[arg(long, env = "MJ_SIGNING_KEY", hide_env_values = true, global = true)]
+    pub signing_key: Option<String>,
+    /// Lifetime of signed image URLs in seconds; 0 = they never expire.
+    #[arg(
+        long,
+        env = "MJ_IMAGE_URL_TTL_SECS",
+        default_value_t = 2_592_000,
+        global = true
+    )]
+    pub image_url_ttl_secs: u64,
+    /// Seconds to connect to an image upstream.
+    #[arg(
+        long,
+        env = "MJ_IMAGE_CONNECT_TIMEOUT_SECS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub image_connect_timeout_secs: u64,
+    /// Seconds for a whole image fetch (headers and body).
+    #[arg(
+        long,
+        env = "MJ_IMAGE_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub image_timeout_secs: u64,
+    /// Largest image forwarded, in bytes.
+    #[arg(
+        long,
+        env = "MJ_IMAGE_MAX_BYTES",
+        default_value_t = 52_428_800,
+        global = true
+    )]
+    pub image_max_bytes: u64,
+    /// Directory of the disk cache of finished images (default: no cache).
+    #[arg(long, env = "MJ_IMAGE_CACHE_DIR", global = true)]
+    pub image_cache_dir: Option<PathBuf>,
+    /// Size budget of the image cache in bytes (least recently used images are evicted).
+    #[arg(
+        long,
+        env = "MJ_IMAGE_CACHE_MAX_BYTES",
+        default_value_t = 1_073_741_824,
+        global = true
+    )]
+    pub image_cache_max_bytes: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or mj_tasks_server=debug.
     #[arg(long, env = "MJ_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -75,6 +123,13 @@ impl Settings {
             poll_interval_secs: 15,
             task_timeout_secs: 3600,
             allow_private_upstreams: false,
+            signing_key: None,
+            image_url_ttl_secs: 2_592_000,
+            image_connect_timeout_secs: 5,
+            image_timeout_secs: 60,
+            image_max_bytes: 52_428_800,
+            image_cache_dir: None,
+            image_cache_max_bytes: 1_073_741_824,
             log: "info".to_owned(),
         }
     }
@@ -103,6 +158,19 @@ impl fmt::Debug for Settings {
             .field("poll_interval_secs", &self.poll_interval_secs)
             .field("task_timeout_secs", &self.task_timeout_secs)
             .field("allow_private_upstreams", &self.allow_private_upstreams)
+            .field(
+                "signing_key",
+                &self.signing_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("image_url_ttl_secs", &self.image_url_ttl_secs)
+            .field(
+                "image_connect_timeout_secs",
+                &self.image_connect_timeout_secs,
+            )
+            .field("image_timeout_secs", &self.image_timeout_secs)
+            .field("image_max_bytes", &self.image_max_bytes)
+            .field("image_cache_dir", &self.image_cache_dir)
+            .field("image_cache_max_bytes", &self.image_cache_max_bytes)
             .field("log", &self.log)
             .finish()
     }

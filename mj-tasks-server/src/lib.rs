@@ -6,12 +6,13 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod images;
 pub mod users;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use mj_tasks::{ChannelStore, SqlStore, StoreError, TaskStore};
+use mj_tasks::{ChannelStore, SqlStore, StoreError, Task, TaskStore};
 use tokio::net::TcpListener;
 
 pub use config::{Cli, Settings};
@@ -29,21 +30,43 @@ pub struct App {
     pub store: SqlStore,
     /// Settings the server was started with.
     pub settings: Arc<Settings>,
+    /// Image forwarding: URL signer, upstream fetcher, disk cache.
+    pub images: Arc<images::Images>,
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The database failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Image forwarding could not be set up.
+    #[error("{0}")]
+    Images(#[from] images::ImagesError),
 }
 
 impl App {
-    /// Connects to the configured database and applies the library's and the server's
-    /// migrations.
-    pub async fn open(settings: Settings) -> Result<Self, StoreError> {
+    /// Connects to the configured database, applies the library's and the server's migrations
+    /// and sets up image forwarding.
+    pub async fn open(settings: Settings) -> Result<Self, OpenError> {
         let store = mj_tasks::connect(&settings.database_url).await?;
         let users = users::open_user_store(&store).await?;
+        let images = images::Images::open(&settings, &store).await?;
         Ok(Self {
             tasks: store.tasks(),
             channels: store.channels(),
             users,
             store,
             settings: Arc::new(settings),
+            images: Arc::new(images),
         })
+    }
+
+    /// The `image_url` to show for `task` in any answer (dashboard lists, relay fetch and
+    /// list-by-condition): signed and forwarded when forwarding is on, see
+    /// [`images::Images::present`].
+    pub fn present_image_url(&self, task: &Task) -> String {
+        self.images.present(task)
     }
 }
 

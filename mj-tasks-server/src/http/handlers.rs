@@ -1,6 +1,6 @@
 //! Route handlers: each one library call and a reply.
 
-use mj_tasks::{Audience, Task, parse_list_query};
+use mj_tasks::{Audience, parse_list_query};
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
@@ -17,9 +17,9 @@ pub async fn list_own_tasks(
     let (query, page) =
         parse_list_query(&raw_query, Audience::Owner(user.id)).map_err(ApiError::from)?;
     let page = app.tasks.list(&query, page).await.map_err(ApiError::from)?;
-    Ok(warp::reply::json(&Envelope::ok(
-        page.map_ref(Task::user_view),
-    )))
+    Ok(warp::reply::json(&Envelope::ok(page.map_ref(|task| {
+        task.user_view().with_image_url(app.present_image_url(task))
+    }))))
 }
 
 /// `GET /api/mj/`: every task (administrators).
@@ -30,9 +30,10 @@ pub async fn list_all_tasks(
 ) -> Result<impl Reply, Rejection> {
     let (query, page) = parse_list_query(&raw_query, Audience::Admin).map_err(ApiError::from)?;
     let page = app.tasks.list(&query, page).await.map_err(ApiError::from)?;
-    Ok(warp::reply::json(&Envelope::ok(
-        page.map_ref(Task::admin_view),
-    )))
+    Ok(warp::reply::json(&Envelope::ok(page.map_ref(|task| {
+        task.admin_view()
+            .with_image_url(app.present_image_url(task))
+    }))))
 }
 
 /// `GET /healthz`: 200 when the database answers, 503 otherwise.

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod handlers;
+pub mod image;
 
 use std::convert::Infallible;
 
@@ -34,6 +35,15 @@ pub fn routes(
         .and(with_app(app.clone()))
         .and_then(handlers::list_all_tasks);
 
+    // Signed image URLs: no token, the signature is the credential.
+    let image = warp::path!("mj" / "image" / String)
+        .and(warp::get().or(warp::head()).unify())
+        .and(warp::method())
+        .and(raw_query())
+        .and(warp::header::headers_cloned())
+        .and(with_app(app.clone()))
+        .and_then(image::serve_image);
+
     let health = warp::path!("healthz")
         .and(warp::get())
         .and(with_app(app))
@@ -44,6 +54,8 @@ pub fn routes(
         .or(all_tasks.map(warp::Reply::into_response))
         .unify()
         .or(health.map(warp::Reply::into_response))
+        .unify()
+        .or(image)
         .unify()
         .recover(error::handle_rejection)
         .unify()
