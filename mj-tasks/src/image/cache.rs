@@ -312,6 +312,14 @@ impl ImageCache {
                             tracing::warn!(error = ?error, "image cache write failed");
                             writer = None; // dropping it removes the temporary file
                         }
+                        // With a declared length, store as soon as the last byte is written:
+                        // an HTTP server may stop polling a body once it has sent that many
+                        // bytes, so waiting for the end of the stream could never happen.
+                        if let Some(w) = writer.take_if(|w| w.is_complete())
+                            && let Err(error) = w.finish().await
+                        {
+                            tracing::warn!(error = ?error, "image cache store failed");
+                        }
                         Some((Ok(chunk), (body, writer)))
                     }
                     Some(Err(error)) => Some((Err(error), (body, None))),
@@ -358,6 +366,10 @@ struct FillWriter {
 }
 
 impl FillWriter {
+    fn is_complete(&self) -> bool {
+        self.meta.content_length == Some(self.written)
+    }
+
     async fn write(&mut self, chunk: &Bytes) -> Result<(), CacheError> {
         self.written = self.written.saturating_add(chunk.len() as u64);
         if self.written > self.cache.max_bytes {

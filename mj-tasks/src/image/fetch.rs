@@ -62,6 +62,10 @@ pub struct FetchConfig {
     pub max_redirects: usize,
     /// Allow loopback, private, link-local, ... upstream addresses.
     pub allow_private: bool,
+    /// Exact `address:port` pairs exempt from the address rules while `allow_private` is off
+    /// (for example one midjourney-proxy on the operator's own network). Applies to IP-literal
+    /// URLs and redirects; host names are always resolved to public addresses only.
+    pub private_allowlist: Vec<SocketAddr>,
 }
 
 impl Default for FetchConfig {
@@ -73,6 +77,7 @@ impl Default for FetchConfig {
             max_bytes: 50 * 1024 * 1024,
             max_redirects: 3,
             allow_private: false,
+            private_allowlist: Vec::new(),
         }
     }
 }
@@ -237,9 +242,18 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || segments[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible and other ::/96
 }
 
+/// Whether connecting to `addr` is allowed under `config`.
+fn address_allowed(addr: SocketAddr, allow_private: bool, allowlist: &[SocketAddr]) -> bool {
+    allow_private || is_public_ip(addr.ip()) || allowlist.contains(&addr)
+}
+
 /// Checks what can be checked on a URL alone: the scheme, and the address if the host is an IP
 /// literal (those never reach the resolver).
-fn check_url(url: &Url, allow_private: bool) -> Result<(), ImageFetchError> {
+fn check_url(
+    url: &Url,
+    allow_private: bool,
+    allowlist: &[SocketAddr],
+) -> Result<(), ImageFetchError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ImageFetchError::InvalidUrl);
     }
@@ -253,7 +267,8 @@ fn check_url(url: &Url, allow_private: bool) -> Result<(), ImageFetchError> {
     let Ok(ip) = literal.parse::<IpAddr>() else {
         return Ok(()); // a name: checked by the resolver on every connection
     };
-    if allow_private || is_public_ip(ip) {
+    let port = url.port_or_known_default().unwrap_or(0);
+    if address_allowed(SocketAddr::new(ip, port), allow_private, allowlist) {
         Ok(())
     } else {
         Err(ImageFetchError::Blocked(format!(
@@ -344,12 +359,13 @@ impl ImageFetcher {
         // Err means another provider is already installed, which is just as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let allow_private = config.allow_private;
+        let allowlist = config.private_allowlist.clone();
         let max_redirects = config.max_redirects;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > max_redirects {
                 return attempt.error(TooManyRedirects);
             }
-            match check_url(attempt.url(), allow_private) {
+            match check_url(attempt.url(), allow_private, &allowlist) {
                 Ok(()) => attempt.follow(),
                 Err(ImageFetchError::Blocked(reason)) => attempt.error(Blocked(reason)),
                 Err(_) => attempt.error(Blocked("redirect to a non-http(s) URL".to_owned())),
@@ -387,7 +403,11 @@ impl ImageFetcher {
         request_headers: &HeaderMap,
     ) -> Result<FetchedImage, ImageFetchError> {
         let url = Url::parse(url.trim()).map_err(|_| ImageFetchError::InvalidUrl)?;
-        check_url(&url, self.config.allow_private)?;
+        check_url(
+            &url,
+            self.config.allow_private,
+            &self.config.private_allowlist,
+        )?;
         let mut upstream_headers = HeaderMap::new();
         for name in &REQUEST_HEADERS {
             for value in request_headers.get_all(name) {
@@ -407,9 +427,12 @@ impl ImageFetcher {
             .await
             .map_err(ImageFetchError::from_reqwest)?;
         // Belt and braces: the address actually connected to (the resolver already filtered).
-        if !self.config.allow_private
-            && let Some(remote) = response.remote_addr()
-            && !is_public_ip(remote.ip())
+        if let Some(remote) = response.remote_addr()
+            && !address_allowed(
+                remote,
+                self.config.allow_private,
+                &self.config.private_allowlist,
+            )
         {
             return Err(ImageFetchError::Blocked(format!(
                 "connected to non-public {}",
@@ -539,7 +562,7 @@ mod tests {
 
     #[test]
     fn url_checks() {
-        let check = |u: &str| check_url(&Url::parse(u).unwrap(), false);
+        let check = |u: &str| check_url(&Url::parse(u).unwrap(), false, &[]);
         assert!(check("https://cdn.discordapp.com/a.png").is_ok());
         assert!(matches!(
             check("ftp://example.com/a.png"),
@@ -562,7 +585,24 @@ mod tests {
                 "{url}"
             );
         }
-        assert!(check_url(&Url::parse("http://127.0.0.1/").unwrap(), true).is_ok());
+        assert!(check_url(&Url::parse("http://127.0.0.1/").unwrap(), true, &[]).is_ok());
+        let allow = ["127.0.0.1:8080".parse().unwrap()];
+        assert!(
+            check_url(
+                &Url::parse("http://127.0.0.1:8080/").unwrap(),
+                false,
+                &allow
+            )
+            .is_ok()
+        );
+        assert!(
+            check_url(
+                &Url::parse("http://127.0.0.1:8081/").unwrap(),
+                false,
+                &allow
+            )
+            .is_err()
+        );
     }
 
     #[test]
