@@ -402,6 +402,8 @@ async fn dashboard_urls_are_signed_and_stream_identical_bytes() {
         Some("public, max-age=86400")
     );
     assert_eq!(header(&response, "x-upstream-private"), None);
+    assert_eq!(header(&response, "x-content-type-options"), Some("nosniff"));
+    assert!(header(&response, "content-security-policy").is_some_and(|v| v.contains("sandbox")));
     assert_eq!(header(&response, CACHE_STATUS_HEADER), None, "no cache");
     let bytes = response.bytes().await.unwrap();
     assert!(

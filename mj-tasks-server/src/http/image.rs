@@ -132,6 +132,17 @@ fn streaming_response(
     let mut response = warp::reply::stream(SyncStream(Mutex::new(body))).into_response();
     *response.status_mut() = status;
     *response.headers_mut() = headers;
+    // Upstream bytes are served from our origin: never let a browser run them as a page
+    // (an upstream answering text/html must not become script on this domain).
+    let hardening = response.headers_mut();
+    hardening.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    hardening.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
     response
 }
 
