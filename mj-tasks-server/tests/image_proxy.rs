@@ -904,3 +904,36 @@ async fn signing_key_is_shared_postgres() {
 async fn signing_key_is_shared_mysql() {
     signing_key_is_shared(Kind::MySql).await;
 }
+
+#[tokio::test]
+async fn concurrent_views_of_an_uncached_image_all_succeed() {
+    let upstream = start_upstream().await;
+    let server = start_server(Options {
+        cache_budget: Some(4 * SMALL_LEN as u64),
+        ..Options::default()
+    })
+    .await;
+    let (alice, _) = add_user(&server.app, "alice").await;
+    let task = add_task(
+        &server.app,
+        alice.id,
+        "9101",
+        &upstream.url("/img/small/21"),
+    )
+    .await;
+    let url = server.app.present_image_url(&task);
+    let expected = image_bytes(21, SMALL_LEN);
+    let views = (0..8).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { get(&url, &[]).await.bytes().await.unwrap() })
+    });
+    for view in futures_util::future::join_all(views).await {
+        assert!(view.unwrap()[..] == expected[..]);
+    }
+    let cache = server.app.images.cache.clone().unwrap();
+    assert!(cache.contains(&cache_key(task.id, &task.mj_id, &task.image_url)));
+    assert_eq!(cache.stored_bytes(), SMALL_LEN as u64, "stored once");
+    let response = get(&url, &[]).await;
+    assert_eq!(header(&response, CACHE_STATUS_HEADER), Some("hit"));
+    assert!(response.bytes().await.unwrap()[..] == expected[..]);
+}
