@@ -26,6 +26,8 @@ use warp::Filter;
 const SIGNING_KEY: &str = "benchmark signing key, 32 bytes..";
 
 fn main() {
+    // reqwest is built with rustls and no default provider (see the library): install *ring*.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -149,6 +151,11 @@ impl ServerProcess {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// CPU time (user + system) the server has used so far.
+    fn cpu(&self) -> Duration {
+        cpu_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     fn stop(mut self) {
         drop(self.child.stdin.take()); // EOF: graceful shutdown
         for _ in 0..50 {
@@ -160,6 +167,21 @@ impl ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU time from a `/proc/<pid>/stat` file (clock ticks of 10 ms).
+fn cpu_of(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// Streams a body, counting bytes; returns (bytes, total time, time to first byte).
@@ -205,7 +227,7 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 
 async fn run_bench(full: bool) {
     let (big_len, rounds, ttfb_requests) = if full {
-        (100_000_000u64, 5, 300)
+        (100_000_000u64, 9, 300)
     } else {
         (5_000_000u64, 1, 10)
     };
@@ -254,13 +276,23 @@ async fn run_bench(full: bool) {
     let _ = std::fs::write(format!("/proc/{}/clear_refs", server.child.id()), "5");
 
     let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let (mut direct_time, mut proxied_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut bench_cpu_direct, mut bench_cpu_proxied, mut server_cpu) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for round in 0..rounds {
+        let cpu = cpu_of("/proc/self/stat");
         let (bytes, time, _) = download(&client, &direct_big).await;
+        bench_cpu_direct += cpu_of("/proc/self/stat").saturating_sub(cpu);
         assert_eq!(bytes, big_len);
         direct.push(mb_per_s(bytes, time));
+        direct_time += time;
+        let (cpu, server_before) = (cpu_of("/proc/self/stat"), server.cpu());
         let (bytes, time, _) = download(&client, &proxied_big).await;
+        bench_cpu_proxied += cpu_of("/proc/self/stat").saturating_sub(cpu);
+        server_cpu += server.cpu().saturating_sub(server_before);
         assert_eq!(bytes, big_len);
         proxied.push(mb_per_s(bytes, time));
+        proxied_time += time;
         println!(
             "round {}: direct {:.0} MB/s, proxied {:.0} MB/s",
             round + 1,
@@ -289,8 +321,25 @@ async fn run_bench(full: bool) {
     println!("  direct   median {direct_median:.0} MB/s");
     println!("  proxied  median {proxied_median:.0} MB/s");
     println!(
-        "  ratio    {:.1}% of direct (target >= 80%)",
-        proxied_median / direct_median * 100.0
+        "  ratio    {:.1}% of direct by median, {:.1}% by total time (target >= 80%)",
+        proxied_median / direct_median * 100.0,
+        direct_time.as_secs_f64() / proxied_time.as_secs_f64() * 100.0
+    );
+    let per_gb = |cpu: Duration| cpu.as_secs_f64() * 1e3 / (rounds as f64 * big_len as f64 / 1e9);
+    println!(
+        "  CPU ms per GB: direct: upstream+client {:.0}; proxied: upstream+client {:.0}, server {:.0}",
+        per_gb(bench_cpu_direct),
+        per_gb(bench_cpu_proxied),
+        per_gb(server_cpu)
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "  machine: {} CPUs, load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "  server RSS before {:.1} MiB, after {:.1} MiB, peak {:.1} MiB: peak growth {:.1} MiB (target < 16 MiB)",
