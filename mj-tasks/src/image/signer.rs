@@ -250,7 +250,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         }
     }
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes
@@ -320,7 +320,7 @@ mod tests {
     fn expiry_rounds_up_and_expires() {
         let s = signer(30 * 86400);
         let e = s.expiry_for(1_000_000);
-        assert!(e >= 1_000_000 + 30 * 86400 && e < 1_000_000 + 30 * 86400 + 3600);
+        assert!((1_000_000 + 30 * 86400..1_000_000 + 30 * 86400 + 3600).contains(&e));
         assert_eq!(s.expiry_for(1_000_001), e, "stable within the hour");
         let url = s.url_for("http://gw", 1, "m", 1_000_000);
         assert!(
