@@ -111,7 +111,8 @@ pub async fn serve_image(
 }
 
 fn fetch_error(error: &ImageFetchError, mj_id: &str) -> Rejection {
-    tracing::warn!(mj_id, error = %error, "image fetch failed");
+    let cause = std::error::Error::source(error).map(|source| format!("{source:?}"));
+    tracing::warn!(mj_id, error = %error, cause, "image fetch failed");
     let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     ApiError::new(status, error.public_message()).into()
 }

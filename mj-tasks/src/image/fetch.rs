@@ -150,7 +150,8 @@ impl ImageFetchError {
         {
             return Self::Timeout;
         }
-        Self::Transport(error)
+        // The URL stays out of logs: upstream links can carry their own access tokens.
+        Self::Transport(error.without_url())
     }
 }
 
