@@ -937,3 +937,38 @@ async fn concurrent_views_of_an_uncached_image_all_succeed() {
     assert_eq!(header(&response, CACHE_STATUS_HEADER), Some("hit"));
     assert!(response.bytes().await.unwrap()[..] == expected[..]);
 }
+
+/// The signature is checked before the database is touched: a task store that fails the test
+/// on any call sees none for refused signatures.
+#[tokio::test]
+async fn refused_signatures_never_reach_the_database() {
+    let db = TestDb::sqlite();
+    let mut app = App::open(Settings::with_database_url(db.url()))
+        .await
+        .unwrap();
+    let signer = app.images.signer.clone();
+    // A mock with no expectations panics on any call.
+    app.tasks = Arc::new(mj_tasks::MockTaskStore::new());
+    let routes = mj_tasks_server::http::routes(app);
+    let now = chrono::Utc::now().timestamp();
+    let valid = signer.url_for("", 1, "42", now);
+    let forged = format!("{}0", &valid[..valid.len() - 1]);
+    let expired = signer.url_for("", 1, "42", now - 40 * 86400);
+    for path in [
+        "/mj/image/42".to_owned(),
+        "/mj/image/42?u=1&e=0&s=zz".to_owned(),
+        forged,
+        expired,
+        valid.replacen("/42?", "/43?", 1),
+    ] {
+        let response = warp::test::request()
+            .method("GET")
+            .path(&path)
+            .reply(&routes)
+            .await;
+        assert_eq!(response.status(), 403, "{path}");
+        let body: Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["success"], false);
+        assert_eq!(body["data"], Value::Null);
+    }
+}
