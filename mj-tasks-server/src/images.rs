@@ -77,10 +77,17 @@ impl Images {
             ..FetchConfig::default()
         })?;
         let cache = match &settings.image_cache_dir {
-            Some(dir) => Some(Arc::new(ImageCache::open(CacheConfig {
-                dir: dir.clone(),
-                max_bytes: settings.image_cache_max_bytes,
-            })?)),
+            Some(dir) => {
+                let config = CacheConfig {
+                    dir: dir.clone(),
+                    max_bytes: settings.image_cache_max_bytes,
+                };
+                // Scanning the directory is blocking I/O.
+                let cache = tokio::task::spawn_blocking(move || ImageCache::open(config))
+                    .await
+                    .map_err(|error| CacheError::Io(std::io::Error::other(error)))??;
+                Some(Arc::new(cache))
+            }
             None => None,
         };
         Ok(Self {

@@ -403,12 +403,13 @@ impl FillWriter {
         let dir = self.cache.dir.clone();
         let key = self.key.clone();
         let meta_tmp = self.tmp.with_extension("json");
-        std::fs::write(&meta_tmp, serde_json::to_vec(&entry)?)?;
         let cache = self.cache.clone();
         let tmp = self.tmp.clone();
-        // Admission happens under the index lock, so the budget holds whatever runs
-        // concurrently: evict first, then rename the data and the metadata into place.
-        {
+        // Blocking file operations, off the async workers.
+        tokio::task::spawn_blocking(move || -> Result<(), CacheError> {
+            std::fs::write(&meta_tmp, serde_json::to_vec(&entry)?)?;
+            // Admission happens under the index lock, so the budget holds whatever runs
+            // concurrently: evict first, then rename the data and the metadata into place.
             let mut index = cache.lock();
             if let Some(old) = index.slots.remove(&key) {
                 index.total = index.total.saturating_sub(old.entry.size);
@@ -420,8 +421,10 @@ impl FillWriter {
             let last_used = index.tick;
             index.total += entry.size;
             index.slots.insert(key, Slot { entry, last_used });
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
+        .map_err(|error| CacheError::Io(io::Error::other(error)))?
     }
 }
 
