@@ -49,6 +49,10 @@ async fn run_server() {
     settings.signing_key = Some(SIGNING_KEY.to_owned());
     settings.image_max_bytes = 128 * 1024 * 1024;
     settings.image_timeout_secs = 600;
+    if let Some(dir) = std::env::var_os("MJ_IMAGE_CACHE_DIR") {
+        settings.image_cache_dir = Some(dir.into());
+        settings.image_cache_max_bytes = 256 * 1024 * 1024;
+    }
     let app = mj_tasks_server::App::open(settings)
         .await
         .expect("open the app");
@@ -115,10 +119,11 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(database_url: &str) -> Self {
+    fn start(database_url: &str, cache_dir: &std::path::Path) -> Self {
         let mut child = Command::new(std::env::current_exe().expect("current exe"))
             .env("MJ_BENCH_ROLE", "server")
             .env("MJ_DATABASE_URL", database_url)
+            .env("MJ_IMAGE_CACHE_DIR", cache_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -239,13 +244,19 @@ async fn run_bench(full: bool) {
     // the key the server is configured with (what an embedding gateway would do).
     let store = mj_tasks::connect(&database_url).await.expect("database");
     let tasks = store.tasks();
-    for (mj_id, len) in [("big", big_len), ("small", 10_000)] {
+    // Unfinished tasks are never cached: "big" and "small" always go to the upstream.
+    // "done" is finished, so after its first view it is served from the disk cache.
+    for (mj_id, len, status) in [
+        ("big", big_len, TaskStatus::InProgress),
+        ("small", 10_000, TaskStatus::InProgress),
+        ("done", big_len, TaskStatus::Success),
+    ] {
         tasks
             .insert(&NewTask {
                 user_id: 1,
                 action: TaskAction::Imagine,
                 mj_id: mj_id.to_owned(),
-                status: TaskStatus::Success,
+                status,
                 progress: Progress::complete(),
                 image_url: format!("http://{upstream}/img/{len}"),
                 submit_time: mj_tasks::now_millis(),
@@ -256,12 +267,13 @@ async fn run_bench(full: bool) {
     }
     store.close().await;
 
-    let server = ServerProcess::start(&database_url);
+    let server = ServerProcess::start(&database_url, &dir.path().join("cache"));
     let base = format!("http://127.0.0.1:{}", server.port);
     let signer = ImageUrlSigner::new(SIGNING_KEY.as_bytes().to_vec(), 0).expect("key");
     let now = chrono::Utc::now().timestamp();
     let proxied_big = signer.url_for(&base, 1, "big", now);
     let proxied_small = signer.url_for(&base, 1, "small", now);
+    let cached_big = signer.url_for(&base, 1, "done", now);
     let direct_big = format!("http://{upstream}/img/{big_len}");
     let direct_small = format!("http://{upstream}/img/10000");
     let client = Arc::new(reqwest::Client::new());
@@ -275,7 +287,7 @@ async fn run_bench(full: bool) {
     // Reset the peak (VmHWM) to the current RSS so that start-up does not count (best effort).
     let _ = std::fs::write(format!("/proc/{}/clear_refs", server.child.id()), "5");
 
-    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let (mut direct, mut proxied, mut cached) = (Vec::new(), Vec::new(), Vec::new());
     let (mut direct_time, mut proxied_time) = (Duration::ZERO, Duration::ZERO);
     let (mut bench_cpu_direct, mut bench_cpu_proxied, mut server_cpu) =
         (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -293,11 +305,21 @@ async fn run_bench(full: bool) {
         assert_eq!(bytes, big_len);
         proxied.push(mb_per_s(bytes, time));
         proxied_time += time;
+        // The first view of the finished image fills the cache; later ones are hits.
+        let (bytes, time, _) = download(&client, &cached_big).await;
+        assert_eq!(bytes, big_len);
+        cached.push(mb_per_s(bytes, time));
         println!(
-            "round {}: direct {:.0} MB/s, proxied {:.0} MB/s",
+            "round {}: direct {:.0} MB/s, proxied {:.0} MB/s, finished image {:.0} MB/s ({})",
             round + 1,
             direct[round],
-            proxied[round]
+            proxied[round],
+            cached[round],
+            if round == 0 {
+                "upstream, filling the cache"
+            } else {
+                "cache hit"
+            }
         );
     }
     let (rss_after, hwm) = server.memory_kib();
@@ -311,6 +333,11 @@ async fn run_bench(full: bool) {
     }
     server.stop();
 
+    let cache_hit_median = if cached.len() > 1 {
+        median(&mut cached[1..])
+    } else {
+        0.0
+    };
     let direct_median = median(&mut direct);
     let proxied_median = median(&mut proxied);
     println!();
@@ -324,6 +351,10 @@ async fn run_bench(full: bool) {
         "  ratio    {:.1}% of direct by median, {:.1}% by total time (target >= 80%)",
         proxied_median / direct_median * 100.0,
         direct_time.as_secs_f64() / proxied_time.as_secs_f64() * 100.0
+    );
+    println!(
+        "  finished image from the disk cache: median {cache_hit_median:.0} MB/s ({:.1}% of direct)",
+        cache_hit_median / direct_median * 100.0
     );
     let per_gb = |cpu: Duration| cpu.as_secs_f64() * 1e3 / (rounds as f64 * big_len as f64 / 1e9);
     println!(

@@ -347,7 +347,8 @@ impl ImageCache {
             file.seek(io::SeekFrom::Start(start)).await?;
         }
         let reader = tokio::io::AsyncReadExt::take(file, len);
-        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024)
+        // Large reads: each one is a hop to the blocking pool, so few and big ones are cheaper.
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 512 * 1024)
             .map(|item| item.map_err(|_| ImageFetchError::CacheRead));
         Ok(Box::pin(stream))
     }
