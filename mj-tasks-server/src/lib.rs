@@ -49,6 +49,8 @@ impl App {
     /// Connects to the configured database, applies the library's and the server's migrations
     /// and sets up image forwarding.
     pub async fn open(settings: Settings) -> Result<Self, OpenError> {
+        // Before any reqwest client is built anywhere in the process (reqwest panics without).
+        mj_tasks::image::install_crypto_provider();
         let store = mj_tasks::connect(&settings.database_url).await?;
         let users = users::open_user_store(&store).await?;
         let images = images::Images::open(&settings, &store).await?;

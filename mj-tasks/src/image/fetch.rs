@@ -330,6 +330,16 @@ impl fmt::Debug for FetchedImage {
     }
 }
 
+/// Installs rustls' *ring* crypto provider as the process default unless one is installed.
+///
+/// reqwest is built with `rustls-no-provider` (to match sqlx's `tls-rustls-ring`), so building
+/// any `reqwest::Client` in the process panics until a provider is installed: call this first.
+/// [`ImageFetcher::new`] calls it too.
+pub fn install_crypto_provider() {
+    // Err means another provider is already installed, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Fetches upstream images within the SSRF rules and limits of a [`FetchConfig`]. Cheap to
 /// clone (one connection pool).
 #[derive(Clone)]
@@ -357,8 +367,7 @@ impl ImageFetcher {
     /// let fetcher = ImageFetcher::new(FetchConfig::default()).unwrap();
     /// ```
     pub fn new(config: FetchConfig) -> Result<Self, ImageFetchError> {
-        // Err means another provider is already installed, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let allow_private = config.allow_private;
         let allowlist = config.private_allowlist.clone();
         let max_redirects = config.max_redirects;

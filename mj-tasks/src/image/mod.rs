@@ -17,7 +17,7 @@ pub use cache::{
 #[cfg(feature = "image-proxy")]
 pub use fetch::{
     FetchConfig, FetchedImage, ImageFetchError, ImageFetcher, ImageStream, REQUEST_HEADERS,
-    RESPONSE_HEADERS, is_public_ip,
+    RESPONSE_HEADERS, install_crypto_provider, is_public_ip,
 };
 pub use signer::{
     ImageUrlSigner, MIN_KEY_LEN, SignatureError, VerifiedImage, WeakKeyError, decode_path_segment,
