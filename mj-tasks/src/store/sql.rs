@@ -282,6 +282,36 @@ where
     }
 }
 
+/// Appends the rest of a page query after [`SELECT_TASKS`]: a deferred join that picks the
+/// page's ids from an index alone, then reads only those rows.
+///
+/// Selecting full rows directly lets planners go wrong in two ways on large tables: with a time
+/// range, SQLite sorts every matching row with all its columns (the range of a heavy user's
+/// week is thousands of wide rows), and PostgreSQL/MariaDB walk the primary key backwards,
+/// filtering half the table before the first match, because they assume matches are spread
+/// evenly over `id` while `submit_time` grows with it. Ordering only ids keeps the work inside
+/// the covering `(user_id, submit_time)` / `(user_id)` / `(channel_id)` indexes, and an offset
+/// skips index entries instead of rows.
+pub(crate) fn push_page_join<DB>(
+    builder: &mut QueryBuilder<DB>,
+    query: &TaskQuery,
+    page: crate::query::PageRequest,
+) where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB>,
+{
+    // The derived table exposes only `page_id`, so the outer column list stays unqualified.
+    builder.push(" JOIN (SELECT id AS page_id FROM midjourneys");
+    push_where(builder, query);
+    builder
+        .push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(page.page_size()))
+        .push(" OFFSET ")
+        .push_bind(to_i64(page.offset()))
+        .push(") page_ids ON id = page_ids.page_id ORDER BY id DESC");
+}
+
 /// Converts a count or offset for binding; every value we produce fits.
 pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -290,7 +320,8 @@ pub(crate) fn to_i64(value: u64) -> i64 {
 /// Implements [`TaskStore`](crate::TaskStore) and [`ChannelStore`](crate::ChannelStore) for a
 /// backend store type with a `pool` field of `sqlx::Pool<$db>` and an inherent
 /// `insert_returning_id(&self, builder) -> Result<i64, sqlx::Error>` that runs an
-/// `INSERT` for one row and yields its id.
+/// `INSERT` for one row and yields its id, and a `CACHE_COUNT_STATEMENTS: bool` constant that
+/// says whether `COUNT` statements may be kept as cached prepared statements.
 macro_rules! impl_sql_stores {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
@@ -352,20 +383,22 @@ macro_rules! impl_sql_stores {
                 query: &$crate::TaskQuery,
                 page: $crate::PageRequest,
             ) -> Result<$crate::Page<$crate::Task>, $crate::StoreError> {
-                let total = self.count(query).await?;
-                // Counting first lets a page past the end skip the row query entirely.
+                if query.is_empty_range() {
+                    return Ok($crate::Page::empty(page, 0));
+                }
+                let mut builder = sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS);
+                $crate::store::sql::push_page_join(&mut builder, query, page);
+                let rows = async {
+                    let rows: Vec<$crate::store::sql::TaskRow> =
+                        builder.build_query_as().fetch_all(&self.pool).await?;
+                    Ok::<_, $crate::StoreError>(rows)
+                };
+                // The total and the page are independent index reads: on two pooled
+                // connections they overlap instead of adding up.
+                let (total, rows) = futures_util::future::try_join(self.count(query), rows).await?;
                 if page.offset() >= total {
                     return Ok($crate::Page::empty(page, total));
                 }
-                let mut builder = sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS);
-                $crate::store::sql::push_where(&mut builder, query);
-                builder
-                    .push(" ORDER BY id DESC LIMIT ")
-                    .push_bind(i64::from(page.page_size()))
-                    .push(" OFFSET ")
-                    .push_bind($crate::store::sql::to_i64(page.offset()));
-                let rows: Vec<$crate::store::sql::TaskRow> =
-                    builder.build_query_as().fetch_all(&self.pool).await?;
                 Ok($crate::Page {
                     items: rows.into_iter().map(Into::into).collect(),
                     total,
@@ -381,7 +414,11 @@ macro_rules! impl_sql_stores {
                 let mut builder =
                     sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM midjourneys");
                 $crate::store::sql::push_where(&mut builder, query);
-                let count: i64 = builder.build_query_scalar().fetch_one(&self.pool).await?;
+                let count: i64 = builder
+                    .build_query_scalar()
+                    .persistent(<$store>::CACHE_COUNT_STATEMENTS)
+                    .fetch_one(&self.pool)
+                    .await?;
                 Ok(u64::try_from(count).unwrap_or(0))
             }
 
