@@ -236,6 +236,23 @@ async fn filters_alone_and_combined(store: &SqlStore, _: &TestDb) {
             .submitted_between(Some(BASE_MS), Some(BASE_MS))
     };
     assert_eq!(count(everything).await, 1);
+
+    // Range pages (the deferred-join path) tile the range's full list in id-descending order.
+    let full = tasks
+        .list(&range, PageRequest::new(1, 100).unwrap())
+        .await
+        .unwrap();
+    assert!(full.items.windows(2).all(|w| w[0].id > w[1].id));
+    let mut tiled = Vec::new();
+    for p in 1..=4 {
+        let page = tasks
+            .list(&range, PageRequest::new(p, 3).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(page.total, 10);
+        tiled.extend(ids(&page));
+    }
+    assert_eq!(tiled, ids(&full));
 }
 
 async fn seconds_and_millisecond_bounds(store: &SqlStore, _: &TestDb) {

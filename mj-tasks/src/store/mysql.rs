@@ -14,6 +14,11 @@ pub struct MySqlTaskStore {
 }
 
 impl MySqlTaskStore {
+    /// `COUNT` statements run unprepared: MariaDB 10.11 re-executes a cached
+    /// `SELECT COUNT(*) ... WHERE user_id = ?` as a full table scan (3.5 s on 1M rows) where a
+    /// fresh statement counts an index range (40 ms).
+    pub(crate) const CACHE_COUNT_STATEMENTS: bool = false;
+
     /// Connects to `url` (`mysql://root@host/db`; `mariadb://` is accepted as an alias) and
     /// applies the migrations.
     ///

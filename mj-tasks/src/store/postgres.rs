@@ -14,6 +14,10 @@ pub struct PostgresTaskStore {
 }
 
 impl PostgresTaskStore {
+    /// `COUNT` statements stay cached: PostgreSQL re-plans a prepared statement with its
+    /// parameters until a generic plan proves as cheap.
+    pub(crate) const CACHE_COUNT_STATEMENTS: bool = true;
+
     /// Connects to `url` (`postgres://user@host/db`) and applies the migrations.
     ///
     /// # Examples

@@ -19,6 +19,9 @@ pub struct SqliteTaskStore {
 }
 
 impl SqliteTaskStore {
+    /// `COUNT` statements stay cached: SQLite plans them the same for every bound value.
+    pub(crate) const CACHE_COUNT_STATEMENTS: bool = true;
+
     /// Opens (creating if missing) the database at `url` — `sqlite://tasks.db`,
     /// `sqlite::memory:` — and applies the migrations.
     ///
