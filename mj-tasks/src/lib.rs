@@ -29,16 +29,21 @@
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 compile_error!("mj-tasks needs at least one backend feature: sqlite, postgres or mysql");
 
+pub mod billing;
 pub mod channel;
 pub mod model;
+pub mod poller;
 pub mod query;
 pub mod store;
 pub mod synthetic;
+pub mod upstream;
 
+pub use billing::{LedgerConn, PriceTable, QuotaLedger, Refund};
 pub use channel::{Channel, NewChannel};
 pub use model::{
     AdminTaskView, NewTask, Progress, Task, TaskAction, TaskStatus, UserTaskView, now_millis,
 };
+pub use poller::{Poller, PollerConfig, PollerDeps, PollerHandle, RoundStats};
 pub use query::{Audience, Page, PageRequest, QueryError, TaskQuery, parse_list_query};
 #[cfg(feature = "mysql")]
 pub use store::MySqlTaskStore;
@@ -46,9 +51,13 @@ pub use store::MySqlTaskStore;
 pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
-pub use store::{Backend, ChannelStore, SqlStore, StoreError, TaskStore, connect};
+pub use store::{
+    Backend, ChannelStore, PollStore, SqlPollStore, SqlStore, StoreError, TaskStore, WriteOutcome,
+    connect,
+};
 #[cfg(any(test, feature = "mock"))]
-pub use store::{MockChannelStore, MockTaskStore};
+pub use store::{MockChannelStore, MockPollStore, MockTaskStore};
+pub use upstream::{SubmitKind, UpstreamClient, UpstreamError};
 
 /// The sqlx version this crate is built with, so that pools built by an embedding application
 /// match ([`SqliteTaskStore::from_pool`] and friends).

@@ -17,6 +17,7 @@ use crate::query::{Page, PageRequest, TaskQuery};
 mod sql;
 #[cfg(feature = "mysql")]
 mod mysql;
+pub mod poll;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -24,6 +25,9 @@ mod sqlite;
 
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlTaskStore;
+#[cfg(any(test, feature = "mock"))]
+pub use poll::MockPollStore;
+pub use poll::{PollStore, SqlPollStore, WriteOutcome};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresTaskStore;
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,597 @@
+//! The background poller: brings unfinished tasks up to date from their channels, fails the ones
+//! that can no longer finish, and refunds failures exactly once.
+//!
+//! One round:
+//! 1. where several instances share a database, take or renew the lease (`mj_leases`), or skip
+//!    the round: exactly one instance polls at a time, and a dead holder's lease expires after
+//!    about two intervals;
+//! 2. walk the unfinished tasks in bounded batches (`list_unfinished`, on the `(finished, id)`
+//!    index, so finished rows are never read);
+//! 3. fail at once the tasks with no `mj_id` or whose channel is gone or disabled;
+//! 4. ask every channel concurrently (one tokio task each) with `list-by-condition` in chunks,
+//!    matching answers by id, so every row sharing a `(channel, mj_id)` is updated;
+//! 5. decide each task with the pure functions [`merge_upstream`] and [`decide`], and write only
+//!    changed tasks with compare-and-swap ([`PollStore::write_outcome`]), which also refunds a
+//!    failure in the same transaction.
+//!
+//! A channel that errors (5xx, garbage, timeout) leaves its tasks untouched and is retried on a
+//! later round with exponential backoff; tasks past the deadline (measured from **our**
+//! `submit_time`) are failed whatever the upstream says or fails to say.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::channel::Channel;
+use crate::model::{Progress, Task, TaskStatus, now_millis};
+use crate::store::{ChannelStore, PollStore, StoreError, TaskStore, WriteOutcome};
+use crate::upstream::{UpstreamClient, UpstreamError, UpstreamTask};
+
+/// The lease name in `mj_leases` the poller uses.
+pub const LEASE_NAME: &str = "mj_poller";
+
+/// `fail_reason` of a task that has no upstream id.
+pub const REASON_NO_MJ_ID: &str = "The task has no upstream id (the submit returned none).";
+/// `fail_reason` of a task whose channel no longer exists.
+pub const REASON_CHANNEL_GONE: &str = "The task's channel no longer exists.";
+/// `fail_reason` of a task whose channel is disabled.
+pub const REASON_CHANNEL_DISABLED: &str = "The task's channel is disabled.";
+/// `fail_reason` of a task that passed the task timeout.
+pub const REASON_TIMEOUT: &str = "The task did not finish within the task timeout.";
+/// `fail_reason` of an upstream failure that gave no reason.
+pub const REASON_UPSTREAM_FAILURE: &str = "The upstream reported a failure.";
+
+/// Poller settings.
+#[derive(Debug, Clone)]
+pub struct PollerConfig {
+    /// Time between rounds (default 15 s).
+    pub interval: Duration,
+    /// Deadline after our submit time after which an unfinished task is failed (default 1 h).
+    pub task_timeout: Duration,
+    /// Tasks read from the database at a time (default 1000).
+    pub batch_size: u32,
+    /// Ids per `list-by-condition` call (default 100).
+    pub chunk_size: usize,
+    /// Timeout of each upstream call (default 10 s).
+    pub upstream_timeout: Duration,
+    /// Longest pause of a failing channel (default 5 min).
+    pub max_backoff: Duration,
+    /// Poll only while holding the database lease (for several instances on one PostgreSQL or
+    /// MariaDB database). Off on SQLite, where one process polls.
+    pub use_lease: bool,
+    /// This instance's lease holder name (default: random).
+    pub holder: String,
+}
+
+impl Default for PollerConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(15),
+            task_timeout: Duration::from_secs(3600),
+            batch_size: 1000,
+            chunk_size: 100,
+            upstream_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(300),
+            use_lease: false,
+            holder: random_holder(),
+        }
+    }
+}
+
+impl PollerConfig {
+    /// How long a lease lasts: two intervals (at least 2 s), renewed every round and between
+    /// batches, so a dead holder is replaced within about two intervals.
+    pub fn lease_ttl(&self) -> Duration {
+        (self.interval * 2).max(Duration::from_secs(2))
+    }
+}
+
+fn random_holder() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("poller-{}-{:016x}", std::process::id(), hasher.finish())
+}
+
+/// The stores the poller works on.
+#[derive(Clone)]
+pub struct PollerDeps {
+    /// Unfinished tasks are read here.
+    pub tasks: Arc<dyn TaskStore>,
+    /// Channels are read here once per round.
+    pub channels: Arc<dyn ChannelStore>,
+    /// Outcomes are written (and refunded) here; the lease lives here.
+    pub store: Arc<dyn PollStore>,
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundStats {
+    /// `false` when another instance holds the lease (nothing was done).
+    pub ran: bool,
+    /// Unfinished tasks read.
+    pub scanned: u64,
+    /// Tasks asked about upstream.
+    pub asked: u64,
+    /// Changed tasks written.
+    pub written: u64,
+    /// Writes lost to a concurrent writer (retried next round).
+    pub lost: u64,
+    /// Tasks failed by this round.
+    pub failed: u64,
+    /// Refunds made by this round.
+    pub refunded: u64,
+    /// Channels whose calls failed or that were skipped for backoff.
+    pub channel_errors: u64,
+    /// Time spent in database calls (summed over concurrent calls).
+    pub db_time: Duration,
+}
+
+impl RoundStats {
+    fn absorb(&mut self, other: &Self) {
+        self.scanned += other.scanned;
+        self.asked += other.asked;
+        self.written += other.written;
+        self.lost += other.lost;
+        self.failed += other.failed;
+        self.refunded += other.refunded;
+        self.channel_errors += other.channel_errors;
+        self.db_time += other.db_time;
+    }
+}
+
+/// `task` marked failed: status `FAILURE`, progress `100%`, `reason` (kept if the upstream gave
+/// one already), finish time now when unknown. Submit time and charge are untouched.
+pub fn fail(task: &Task, reason: &str, now_ms: i64) -> Task {
+    let mut failed = task.clone();
+    failed.status = TaskStatus::Failure;
+    failed.progress = Progress::complete();
+    if failed.fail_reason.trim().is_empty() {
+        failed.fail_reason = reason.to_owned();
+    }
+    if failed.finish_time <= 0 {
+        failed.finish_time = now_ms;
+    }
+    failed
+}
+
+/// Why a task is failed without asking the upstream, if it is: no `mj_id`, channel gone or
+/// disabled. `channel` is the task's channel as currently registered.
+pub fn precheck(task: &Task, channel: Option<&Channel>) -> Option<&'static str> {
+    if task.mj_id.trim().is_empty() {
+        return Some(REASON_NO_MJ_ID);
+    }
+    match channel {
+        None => Some(REASON_CHANNEL_GONE),
+        Some(channel) if !channel.enabled => Some(REASON_CHANNEL_DISABLED),
+        Some(_) => None,
+    }
+}
+
+/// `task` updated with what the upstream reports. Only reported (non-null) values are copied;
+/// our `submit_time`, owner, action and charge are never touched, and a zero or null upstream
+/// time never erases a known one. A terminal status sets progress to `100%`; `FAILURE` always
+/// carries a reason.
+pub fn merge_upstream(task: &Task, upstream: &UpstreamTask) -> Task {
+    let mut merged = task.clone();
+    let copy = |target: &mut String, value: &Option<String>| {
+        if let Some(value) = value {
+            target.clone_from(value);
+        }
+    };
+    if let Some(prompt) = upstream.prompt.as_ref().filter(|p| !p.trim().is_empty()) {
+        merged.prompt.clone_from(prompt);
+    }
+    copy(&mut merged.prompt_en, &upstream.prompt_en);
+    copy(&mut merged.description, &upstream.description);
+    copy(&mut merged.state, &upstream.state);
+    copy(&mut merged.image_url, &upstream.image_url);
+    copy(&mut merged.video_url, &upstream.video_url);
+    copy(&mut merged.fail_reason, &upstream.fail_reason);
+    copy(&mut merged.buttons, &upstream.buttons);
+    copy(&mut merged.properties, &upstream.properties);
+    if let Some(start) = upstream.start_time {
+        merged.start_time = start;
+    }
+    if let Some(finish) = upstream.finish_time {
+        merged.finish_time = finish;
+    }
+    if let Some(status) = &upstream.status {
+        merged.status = status.clone();
+    }
+    if let Some(progress) = upstream
+        .progress
+        .as_ref()
+        .filter(|p| !p.as_str().is_empty())
+    {
+        merged.progress = progress.clone();
+    }
+    if merged.status.is_finished() {
+        merged.progress = Progress::complete();
+    }
+    if merged.status == TaskStatus::Failure && merged.fail_reason.trim().is_empty() {
+        merged.fail_reason = REASON_UPSTREAM_FAILURE.to_owned();
+    }
+    merged
+}
+
+/// What the upstream said about one task this round.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    /// The channel answered and listed the task.
+    Found(&'a UpstreamTask),
+    /// The channel answered and left the task out (unknown, expired, forgotten).
+    Missing,
+    /// The channel could not be asked (error, timeout, backoff).
+    Unavailable,
+}
+
+/// The new state of an unfinished task given the upstream's answer, or `None` to leave it as is.
+///
+/// A terminal upstream status wins; otherwise a task past the deadline (`timeout_ms` after our
+/// submit time) is failed, whether the upstream still lists it, forgot it or is down; otherwise
+/// the task takes the upstream's values when they differ.
+pub fn decide(task: &Task, answer: Answer<'_>, now_ms: i64, timeout_ms: i64) -> Option<Task> {
+    let timed_out = now_ms.saturating_sub(task.submit_time) > timeout_ms;
+    let next = match answer {
+        Answer::Found(upstream) => {
+            let merged = merge_upstream(task, upstream);
+            if !merged.status.is_finished() && timed_out {
+                fail(&merged, REASON_TIMEOUT, now_ms)
+            } else {
+                merged
+            }
+        }
+        Answer::Missing | Answer::Unavailable if timed_out => fail(task, REASON_TIMEOUT, now_ms),
+        Answer::Missing | Answer::Unavailable => return None,
+    };
+    (next != *task).then_some(next)
+}
+
+/// Per-channel backoff after upstream errors.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+struct Inner {
+    deps: PollerDeps,
+    config: PollerConfig,
+    client: UpstreamClient,
+    backoff: Mutex<HashMap<i64, Backoff>>,
+}
+
+/// The poller. Run rounds yourself with [`Poller::run_round`], or start the loop with
+/// [`Poller::spawn`].
+#[derive(Clone)]
+pub struct Poller {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Poller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poller")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Poller {
+    /// A poller over `deps` with `config`.
+    pub fn new(deps: PollerDeps, config: PollerConfig) -> Result<Self, UpstreamError> {
+        let client = UpstreamClient::new(config.upstream_timeout)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                deps,
+                config,
+                client,
+                backoff: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PollerConfig {
+        &self.inner.config
+    }
+
+    async fn hold_lease(&self) -> Result<bool, StoreError> {
+        let config = &self.inner.config;
+        if !config.use_lease {
+            return Ok(true);
+        }
+        let ttl = i64::try_from(config.lease_ttl().as_millis()).unwrap_or(i64::MAX);
+        self.inner
+            .deps
+            .store
+            .try_lease(LEASE_NAME, &config.holder, now_millis(), ttl)
+            .await
+    }
+
+    /// Runs one round now (see the module documentation).
+    pub async fn run_round(&self) -> Result<RoundStats, StoreError> {
+        let mut stats = RoundStats::default();
+        if !self.hold_lease().await? {
+            return Ok(stats);
+        }
+        stats.ran = true;
+        let started = Instant::now();
+        let channels: HashMap<i64, Channel> = self
+            .inner
+            .deps
+            .channels
+            .list_channels()
+            .await?
+            .into_iter()
+            .map(|channel| (channel.id, channel))
+            .collect();
+        stats.db_time += started.elapsed();
+        let channels = Arc::new(channels);
+        let mut after_id = 0;
+        loop {
+            let started = Instant::now();
+            let batch = self
+                .inner
+                .deps
+                .tasks
+                .list_unfinished(after_id, self.inner.config.batch_size)
+                .await?;
+            stats.db_time += started.elapsed();
+            let Some(last) = batch.last() else { break };
+            after_id = last.id;
+            let full = batch.len() >= self.inner.config.batch_size as usize;
+            let batch_stats = self.process_batch(batch, &channels).await?;
+            stats.absorb(&batch_stats);
+            if !full {
+                break;
+            }
+            // A long round renews the lease as it goes; losing it ends the round.
+            if !self.hold_lease().await? {
+                tracing::warn!("poller lease lost during a round; stopping the round");
+                break;
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn process_batch(
+        &self,
+        batch: Vec<Task>,
+        channels: &Arc<HashMap<i64, Channel>>,
+    ) -> Result<RoundStats, StoreError> {
+        let now = now_millis();
+        let mut stats = RoundStats {
+            scanned: batch.len() as u64,
+            ..RoundStats::default()
+        };
+        let mut immediate = Vec::new();
+        let mut by_channel: HashMap<i64, Vec<Task>> = HashMap::new();
+        for task in batch {
+            match precheck(&task, channels.get(&task.channel_id)) {
+                Some(reason) => immediate.push(fail(&task, reason, now)),
+                None => by_channel.entry(task.channel_id).or_default().push(task),
+            }
+        }
+        let (written, _) = self.write_all(immediate).await?;
+        stats.absorb(&written);
+
+        let mut workers = tokio::task::JoinSet::new();
+        for (channel_id, tasks) in by_channel {
+            let Some(channel) = channels.get(&channel_id).cloned() else {
+                continue;
+            };
+            let poller = self.clone();
+            workers.spawn(async move { poller.poll_channel(channel, tasks).await });
+        }
+        let mut first_error = None;
+        while let Some(joined) = workers.join_next().await {
+            match joined {
+                Ok(Ok(channel_stats)) => stats.absorb(&channel_stats),
+                Ok(Err(error)) => {
+                    tracing::warn!(error = ?error, "poller: database error while writing");
+                    first_error.get_or_insert(error);
+                }
+                Err(error) => tracing::error!(%error, "poller: channel worker panicked"),
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(stats),
+        }
+    }
+
+    fn in_backoff(&self, channel_id: i64) -> bool {
+        let backoff = self
+            .inner
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        backoff
+            .get(&channel_id)
+            .and_then(|b| b.until)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn record_channel(&self, channel_id: i64, ok: bool) -> Duration {
+        let mut backoff = self
+            .inner
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ok {
+            backoff.remove(&channel_id);
+            return Duration::ZERO;
+        }
+        let entry = backoff.entry(channel_id).or_default();
+        entry.failures = entry.failures.saturating_add(1);
+        // 1st failure: retried next round; then 2, 4, 8... intervals, capped.
+        let interval = self.inner.config.interval;
+        let factor = 1u32 << entry.failures.saturating_sub(1).min(16);
+        let pause = (interval * factor)
+            .saturating_sub(interval / 2)
+            .min(self.inner.config.max_backoff);
+        entry.until = Some(Instant::now() + pause);
+        pause
+    }
+
+    async fn poll_channel(
+        &self,
+        channel: Channel,
+        tasks: Vec<Task>,
+    ) -> Result<RoundStats, StoreError> {
+        let mut stats = RoundStats::default();
+        let mut ids: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for task in &tasks {
+            if seen.insert(task.mj_id.as_str()) {
+                ids.push(task.mj_id.clone());
+            }
+        }
+        let mut answers: HashMap<String, UpstreamTask> = HashMap::new();
+        let mut available = !self.in_backoff(channel.id);
+        if !available {
+            stats.channel_errors += 1;
+        }
+        if available {
+            for chunk in ids.chunks(self.inner.config.chunk_size.max(1)) {
+                stats.asked += chunk.len() as u64;
+                match self.inner.client.list_by_condition(&channel, chunk).await {
+                    Ok(found) => {
+                        for task in found {
+                            answers.insert(task.id.clone(), task);
+                        }
+                    }
+                    Err(error) => {
+                        let pause = self.record_channel(channel.id, false);
+                        tracing::warn!(
+                            channel = channel.id,
+                            error = %error,
+                            retry_in_ms = pause.as_millis() as u64,
+                            "poller: channel failed; its tasks stay as they are"
+                        );
+                        stats.channel_errors += 1;
+                        available = false;
+                        break;
+                    }
+                }
+            }
+            if available {
+                self.record_channel(channel.id, true);
+            }
+        }
+        let now = now_millis();
+        let timeout = i64::try_from(self.inner.config.task_timeout.as_millis()).unwrap_or(i64::MAX);
+        let updates: Vec<Task> = tasks
+            .iter()
+            .filter_map(|task| {
+                let answer = match (available, answers.get(&task.mj_id)) {
+                    (false, _) => Answer::Unavailable,
+                    (true, Some(upstream)) => Answer::Found(upstream),
+                    (true, None) => Answer::Missing,
+                };
+                decide(task, answer, now, timeout)
+            })
+            .collect();
+        let (written, _) = self.write_all(updates).await?;
+        stats.absorb(&written);
+        Ok(stats)
+    }
+
+    async fn write_all(&self, updates: Vec<Task>) -> Result<(RoundStats, ()), StoreError> {
+        let mut stats = RoundStats::default();
+        for task in updates {
+            let started = Instant::now();
+            let outcome = self.inner.deps.store.write_outcome(&task).await;
+            stats.db_time += started.elapsed();
+            match outcome? {
+                WriteOutcome::Lost => {
+                    tracing::debug!(
+                        task = task.id,
+                        "poller: concurrent update; retried next round"
+                    );
+                    stats.lost += 1;
+                }
+                WriteOutcome::Written { refunded } => {
+                    stats.written += 1;
+                    if task.status == TaskStatus::Failure {
+                        stats.failed += 1;
+                    }
+                    if refunded {
+                        stats.refunded += 1;
+                    }
+                }
+            }
+        }
+        Ok((stats, ()))
+    }
+
+    /// Starts the loop on the current tokio runtime: a round every interval (the first at
+    /// once) until [`PollerHandle::stop`]. Round errors are logged and the loop goes on.
+    pub fn spawn(self) -> PollerHandle {
+        let (stop, mut stopped) = watch::channel(false);
+        let poller = self;
+        let join = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(poller.inner.config.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let round = tokio::select! {
+                    round = poller.run_round() => round,
+                    _ = stopped.changed() => break,
+                };
+                match round {
+                    Ok(stats) if stats.ran && (stats.written > 0 || stats.channel_errors > 0) => {
+                        tracing::info!(?stats, "poll round");
+                    }
+                    Ok(stats) => tracing::debug!(?stats, "poll round"),
+                    Err(error) => {
+                        tracing::warn!(error = ?error, "poll round failed; retrying next round")
+                    }
+                }
+            }
+            if poller.inner.config.use_lease {
+                let config = &poller.inner.config;
+                if let Err(error) = poller
+                    .inner
+                    .deps
+                    .store
+                    .release_lease(LEASE_NAME, &config.holder)
+                    .await
+                {
+                    tracing::warn!(error = ?error, "could not release the poller lease");
+                }
+            }
+        });
+        PollerHandle { stop, join }
+    }
+}
+
+/// A running poller loop.
+#[derive(Debug)]
+pub struct PollerHandle {
+    stop: watch::Sender<bool>,
+    join: JoinHandle<()>,
+}
+
+impl PollerHandle {
+    /// Stops the loop: a round in progress is abandoned at its next await point (every write is
+    /// its own transaction, so nothing is left half done), and the lease is released.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.join.await {
+            tracing::error!(%error, "poller task ended abnormally");
+        }
+    }
+}
