@@ -59,6 +59,18 @@ pub struct Settings {
     #[arg(long, env = "MJ_ALLOW_PRIVATE_UPSTREAMS", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = ArgAction::Set, global = true)]
     pub allow_private_upstreams: bool,
+    /// Quota price overrides per action, e.g. `IMAGINE=50000,UPSCALE=25000,*=50000` (`*`: any
+    /// action not listed); unlisted actions keep the defaults of `mj_tasks::PriceTable`.
+    #[arg(long, env = "MJ_PRICES", default_value = "", value_parser = parse_prices, global = true)]
+    pub prices: mj_tasks::PriceTable,
+    /// Timeout of each submit call to an upstream, in seconds.
+    #[arg(
+        long,
+        env = "MJ_UPSTREAM_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub upstream_timeout_secs: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or mj_tasks_server=debug.
     #[arg(long, env = "MJ_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -75,6 +87,8 @@ impl Settings {
             poll_interval_secs: 15,
             task_timeout_secs: 3600,
             allow_private_upstreams: false,
+            prices: mj_tasks::PriceTable::default(),
+            upstream_timeout_secs: 60,
             log: "info".to_owned(),
         }
     }
@@ -103,9 +117,15 @@ impl fmt::Debug for Settings {
             .field("poll_interval_secs", &self.poll_interval_secs)
             .field("task_timeout_secs", &self.task_timeout_secs)
             .field("allow_private_upstreams", &self.allow_private_upstreams)
+            .field("prices", &self.prices)
+            .field("upstream_timeout_secs", &self.upstream_timeout_secs)
             .field("log", &self.log)
             .finish()
     }
+}
+
+fn parse_prices(text: &str) -> Result<mj_tasks::PriceTable, mj_tasks::billing::PriceError> {
+    mj_tasks::PriceTable::with_overrides(text)
 }
 
 /// Subcommands.
