@@ -406,6 +406,81 @@ async fn concurrent_submits_never_overdraw(kind: Kind) {
     assert_eq!(env.fake.submit_calls(), 3);
 }
 
+/// 2,000 tasks failing upstream, two pollers at once (no lease, small batches so they
+/// interleave): every task is failed and refunded exactly once.
+async fn two_pollers_refund_each_failure_once(kind: Kind) {
+    let Some(env) = Env::new(kind).await else { return };
+    const USERS: usize = 20;
+    const PER_USER: usize = 100;
+    const PRICE: i64 = 7;
+    let mut users = Vec::new();
+    for u in 0..USERS {
+        users.push(add_user(&env.app, &format!("u{u}"), 0).await.0);
+    }
+    let mut rows = Vec::new();
+    for (u, user) in users.iter().enumerate() {
+        for n in 0..PER_USER {
+            let mj_id = format!("{}", 1_715_000_000_000_000u64 + (u * PER_USER + n) as u64);
+            env.fake.insert_at(&mj_id, Outcome::Failure, u32::MAX / 2);
+            rows.push(NewTask {
+                code: 1,
+                user_id: user.id,
+                mj_id,
+                submit_time: now_millis(),
+                status: TaskStatus::InProgress,
+                progress: Progress::new("50%"),
+                channel_id: env.channel.id,
+                quota: PRICE,
+                ..NewTask::default()
+            });
+        }
+    }
+    env.app.tasks.insert_many(&rows).await.unwrap();
+    let config = PollerConfig { batch_size: 150, chunk_size: 40, ..fast_config() };
+    let (a, b) = (env.poller(config.clone()), env.poller(config));
+    for _ in 0..3 {
+        let (ra, rb) = tokio::join!(a.run_round(), b.run_round());
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        eprintln!("a: {ra:?}\nb: {rb:?}");
+    }
+    let unfinished = env.app.tasks.list_unfinished(0, 10).await.unwrap();
+    assert!(unfinished.is_empty(), "{} left", unfinished.len());
+    let mut total = 0;
+    for user in &users {
+        let quota = env.quota(&user.username).await;
+        assert_eq!(quota, PER_USER as i64 * PRICE, "{}", user.username);
+        total += quota;
+    }
+    assert_eq!(total, (USERS * PER_USER) as i64 * PRICE);
+}
+
+/// With the lease, one of two instances polls; the other takes over once the lease expires.
+async fn lease_lets_one_instance_poll(kind: Kind) {
+    let Some(env) = Env::new(kind).await else { return };
+    let config = |holder: &str| PollerConfig {
+        use_lease: true,
+        holder: holder.to_owned(),
+        interval: Duration::from_millis(500), // lease TTL: the 2 s minimum
+        ..fast_config()
+    };
+    let (a, b) = (env.poller(config("a")), env.poller(config("b")));
+    let (ra, rb) = tokio::join!(a.run_round(), b.run_round());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.ran ^ rb.ran, "exactly one polls: {ra:?} {rb:?}");
+    let (holder, other) = if ra.ran { (&a, &b) } else { (&b, &a) };
+    assert!(holder.run_round().await.unwrap().ran, "the holder renews");
+    assert!(!other.run_round().await.unwrap().ran);
+    // The holder dies (stops renewing): taken over after the TTL.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(other.run_round().await.unwrap().ran);
+    assert!(!holder.run_round().await.unwrap().ran);
+    // A graceful stop releases the lease at once.
+    let handle = other.clone().spawn();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    handle.stop().await;
+    assert!(holder.run_round().await.unwrap().ran);
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -429,4 +504,6 @@ on_every_backend!(
     unpollable_tasks_fail_with_refund,
     rejected_and_failed_submits_charge_nothing,
     concurrent_submits_never_overdraw,
+    two_pollers_refund_each_failure_once,
+    lease_lets_one_instance_poll,
 );

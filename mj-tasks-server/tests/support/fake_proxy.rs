@@ -126,13 +126,18 @@ impl FakeProxy {
 
     /// Registers a task directly (benches, seeded tests).
     pub fn insert(&self, id: &str, outcome: Outcome) {
+        self.insert_at(id, outcome, 0);
+    }
+
+    /// Registers a task that has already been polled `step` times (`u32::MAX / 2`: finished).
+    pub fn insert_at(&self, id: &str, outcome: Outcome, step: u32) {
         self.state.tasks.lock().unwrap().insert(
             id.to_owned(),
             FakeTask {
                 action: "IMAGINE".into(),
                 prompt: "seeded".into(),
                 submit_time: now_ms(),
-                step: 0,
+                step,
                 outcome,
             },
         );
