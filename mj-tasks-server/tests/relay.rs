@@ -87,11 +87,23 @@ impl Env {
     }
 
     async fn submit(&self, token: &str, kind: &str, body: Value) -> (u16, Value) {
-        request(&self.app, "POST", &format!("/mj/submit/{kind}"), token, Some(body)).await
+        request(
+            &self.app,
+            "POST",
+            &format!("/mj/submit/{kind}"),
+            token,
+            Some(body),
+        )
+        .await
     }
 
     async fn task(&self, mj_id: &str) -> Task {
-        self.app.tasks.find_by_mj_id(mj_id, None).await.unwrap().unwrap()
+        self.app
+            .tasks
+            .find_by_mj_id(mj_id, None)
+            .await
+            .unwrap()
+            .unwrap()
     }
 }
 
@@ -113,7 +125,13 @@ async fn add_user(app: &App, name: &str, quota: i64) -> (User, String) {
     (user, token.reveal().to_owned())
 }
 
-async fn request(app: &App, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+async fn request(
+    app: &App,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut request = warp::test::request().method(method).path(path);
     if !token.is_empty() {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -123,7 +141,9 @@ async fn request(app: &App, method: &str, path: &str, token: &str, body: Option<
             .header("content-type", "application/json")
             .body(body.to_string());
     }
-    let response = request.reply(&mj_tasks_server::http::routes(app.clone())).await;
+    let response = request
+        .reply(&mj_tasks_server::http::routes(app.clone()))
+        .await;
     let body = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
     (response.status().as_u16(), body)
 }
@@ -137,14 +157,25 @@ async fn rounds(poller: &Poller, n: usize) {
 // ---------------------------------------------------------------------------------------------
 
 async fn submit_poll_success(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
-    let (status, body) = env.submit(&env.alice.1, "imagine", json!({"prompt": "a red fox", "notifyHook": "http://evil"})).await;
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
+    let (status, body) = env
+        .submit(
+            &env.alice.1,
+            "imagine",
+            json!({"prompt": "a red fox", "notifyHook": "http://evil"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["code"], 1);
     let mj_id = body["result"].as_str().unwrap().to_owned();
     assert_eq!(env.quota("alice").await, QUOTA - IMAGINE);
     let task = env.task(&mj_id).await;
-    assert_eq!((task.status.clone(), task.progress.as_str(), task.quota), (TaskStatus::NotStart, "0%", IMAGINE));
+    assert_eq!(
+        (task.status.clone(), task.progress.as_str(), task.quota),
+        (TaskStatus::NotStart, "0%", IMAGINE)
+    );
     let submit_time = task.submit_time;
     assert!((now_millis() - submit_time).abs() < 60_000);
 
@@ -156,19 +187,40 @@ async fn submit_poll_success(kind: Kind) {
     assert_eq!(task.status, TaskStatus::Success);
     assert_eq!(task.progress.as_str(), "100%");
     assert_eq!(task.image_url, format!("https://cdn.fake/{mj_id}.png"));
-    assert_eq!(task.submit_time, submit_time, "our submit time is never replaced");
+    assert_eq!(
+        task.submit_time, submit_time,
+        "our submit time is never replaced"
+    );
     assert!(task.start_time > 0 && task.finish_time > 0);
-    assert_eq!(env.quota("alice").await, QUOTA - IMAGINE, "success keeps the charge");
+    assert_eq!(
+        env.quota("alice").await,
+        QUOTA - IMAGINE,
+        "success keeps the charge"
+    );
 
     // The relay fetch and list-by-condition serve it from our database, camelCase.
-    let (status, fetched) = request(&env.app, "GET", &format!("/mj/task/{mj_id}/fetch"), &env.alice.1, None).await;
+    let (status, fetched) = request(
+        &env.app,
+        "GET",
+        &format!("/mj/task/{mj_id}/fetch"),
+        &env.alice.1,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(fetched["id"], mj_id.as_str());
     assert_eq!(fetched["status"], "SUCCESS");
     assert_eq!(fetched["imageUrl"], format!("https://cdn.fake/{mj_id}.png"));
     assert_eq!(fetched["submitTime"], submit_time);
     assert!(fetched["buttons"].is_array() && fetched["properties"].is_object());
-    let (status, listed) = request(&env.app, "POST", "/mj/task/list-by-condition", &env.alice.1, Some(json!({"ids": [mj_id, "unknown"]}))).await;
+    let (status, listed) = request(
+        &env.app,
+        "POST",
+        "/mj/task/list-by-condition",
+        &env.alice.1,
+        Some(json!({"ids": [mj_id, "unknown"]})),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(listed.as_array().unwrap().len(), 1);
 
@@ -179,25 +231,58 @@ async fn submit_poll_success(kind: Kind) {
 
     // Another user sees nothing of it.
     let bob = add_user(&env.app, "bob", 0).await;
-    let (status, _) = request(&env.app, "GET", &format!("/mj/task/{mj_id}/fetch"), &bob.1, None).await;
+    let (status, _) = request(
+        &env.app,
+        "GET",
+        &format!("/mj/task/{mj_id}/fetch"),
+        &bob.1,
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
-    let (_, listed) = request(&env.app, "POST", "/mj/task/list-by-condition", &bob.1, Some(json!({"ids": [mj_id]}))).await;
+    let (_, listed) = request(
+        &env.app,
+        "POST",
+        "/mj/task/list-by-condition",
+        &bob.1,
+        Some(json!({"ids": [mj_id]})),
+    )
+    .await;
     assert_eq!(listed, json!([]));
     // Actions on someone else's task are refused before any charge.
-    let (status, body) = env.submit(&bob.1, "change", json!({"taskId": mj_id, "action": "UPSCALE", "index": 1})).await;
+    let (status, body) = env
+        .submit(
+            &bob.1,
+            "change",
+            json!({"taskId": mj_id, "action": "UPSCALE", "index": 1}),
+        )
+        .await;
     assert_eq!((status, body["code"].as_i64()), (404, Some(3)));
 
     // Alice's upscale stays on the origin channel and is charged its own price.
-    let (status, body) = env.submit(&env.alice.1, "action", json!({"taskId": mj_id, "customId": "MJ::JOB::upsample::1::abc"})).await;
+    let (status, body) = env
+        .submit(
+            &env.alice.1,
+            "action",
+            json!({"taskId": mj_id, "customId": "MJ::JOB::upsample::1::abc"}),
+        )
+        .await;
     assert_eq!((status, body["code"].as_i64()), (200, Some(1)), "{body}");
     let upscale = env.task(body["result"].as_str().unwrap()).await;
-    assert_eq!((upscale.action, upscale.channel_id, upscale.quota), (TaskAction::Upscale, env.channel.id, 25_000));
+    assert_eq!(
+        (upscale.action, upscale.channel_id, upscale.quota),
+        (TaskAction::Upscale, env.channel.id, 25_000)
+    );
     assert_eq!(upscale.prompt, "a red fox");
 }
 
 async fn failure_refunds_exactly_once(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
-    let (_, body) = env.submit(&env.alice.1, "imagine", json!({"prompt": "please fail"})).await;
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
+    let (_, body) = env
+        .submit(&env.alice.1, "imagine", json!({"prompt": "please fail"}))
+        .await;
     let mj_id = body["result"].as_str().unwrap().to_owned();
     assert_eq!(env.quota("alice").await, QUOTA - IMAGINE);
     let poller = env.default_poller();
@@ -215,15 +300,23 @@ async fn failure_refunds_exactly_once(kind: Kind) {
 }
 
 async fn outage_then_recovery(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
-    let (_, body) = env.submit(&env.alice.1, "imagine", json!({"prompt": "outage"})).await;
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
+    let (_, body) = env
+        .submit(&env.alice.1, "imagine", json!({"prompt": "outage"}))
+        .await;
     let mj_id = body["result"].as_str().unwrap().to_owned();
     let before = env.task(&mj_id).await;
     let mut config = fast_config();
     config.interval = Duration::from_millis(1); // backoff of a few ms: every round retries
     config.upstream_timeout = Duration::from_millis(300);
     let poller = env.poller(config);
-    for mode in [Mode::Error500, Mode::Garbage, Mode::Slow(Duration::from_secs(2))] {
+    for mode in [
+        Mode::Error500,
+        Mode::Garbage,
+        Mode::Slow(Duration::from_secs(2)),
+    ] {
         env.fake.set_mode(mode);
         let stats = poller.run_round().await.unwrap();
         assert_eq!((stats.written, stats.channel_errors), (0, 1), "{mode:?}");
@@ -238,19 +331,29 @@ async fn outage_then_recovery(kind: Kind) {
 }
 
 async fn timeout_fails_and_refunds(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
     // Stuck upstream: still listed, never finishing.
-    let (_, body) = env.submit(&env.alice.1, "imagine", json!({"prompt": "stuck forever"})).await;
+    let (_, body) = env
+        .submit(&env.alice.1, "imagine", json!({"prompt": "stuck forever"}))
+        .await;
     let stuck = body["result"].as_str().unwrap().to_owned();
     // Forgotten by the upstream (restart).
-    let (_, body) = env.submit(&env.alice.1, "imagine", json!({"prompt": "forget me"})).await;
+    let (_, body) = env
+        .submit(&env.alice.1, "imagine", json!({"prompt": "forget me"}))
+        .await;
     let forgotten = body["result"].as_str().unwrap().to_owned();
     assert_eq!(env.quota("alice").await, QUOTA - 2 * IMAGINE);
 
     let poller = env.default_poller();
     rounds(&poller, 4).await;
     assert_eq!(env.task(&stuck).await.status, TaskStatus::InProgress);
-    assert_eq!(env.task(&forgotten).await.status, TaskStatus::NotStart, "missing before the deadline: untouched");
+    assert_eq!(
+        env.task(&forgotten).await.status,
+        TaskStatus::NotStart,
+        "missing before the deadline: untouched"
+    );
 
     let mut config = fast_config();
     config.task_timeout = Duration::from_millis(1);
@@ -267,7 +370,9 @@ async fn timeout_fails_and_refunds(kind: Kind) {
 }
 
 async fn duplicate_mj_id_rows_all_update(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
     let mj_id = "1715249999000001";
     env.fake.insert(mj_id, Outcome::Success);
     let row = NewTask {
@@ -292,14 +397,24 @@ async fn duplicate_mj_id_rows_all_update(kind: Kind) {
 }
 
 async fn unpollable_tasks_fail_with_refund(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
     let disabled = env
         .app
         .channels
-        .add_channel(&NewChannel { name: "off".into(), base_url: env.fake.base_url(), secret: SECRET.into() })
+        .add_channel(&NewChannel {
+            name: "off".into(),
+            base_url: env.fake.base_url(),
+            secret: SECRET.into(),
+        })
         .await
         .unwrap();
-    env.app.channels.set_channel_enabled(disabled.id, false).await.unwrap();
+    env.app
+        .channels
+        .set_channel_enabled(disabled.id, false)
+        .await
+        .unwrap();
     let base = NewTask {
         user_id: env.alice.0.id,
         submit_time: now_millis(),
@@ -309,11 +424,40 @@ async fn unpollable_tasks_fail_with_refund(kind: Kind) {
         ..NewTask::default()
     };
     let cases = [
-        (NewTask { mj_id: String::new(), channel_id: env.channel.id, ..base.clone() }, mj_tasks::poller::REASON_NO_MJ_ID),
-        (NewTask { mj_id: "1".into(), channel_id: 999, ..base.clone() }, mj_tasks::poller::REASON_CHANNEL_GONE),
-        (NewTask { mj_id: "2".into(), channel_id: disabled.id, ..base.clone() }, mj_tasks::poller::REASON_CHANNEL_DISABLED),
+        (
+            NewTask {
+                mj_id: String::new(),
+                channel_id: env.channel.id,
+                ..base.clone()
+            },
+            mj_tasks::poller::REASON_NO_MJ_ID,
+        ),
+        (
+            NewTask {
+                mj_id: "1".into(),
+                channel_id: 999,
+                ..base.clone()
+            },
+            mj_tasks::poller::REASON_CHANNEL_GONE,
+        ),
+        (
+            NewTask {
+                mj_id: "2".into(),
+                channel_id: disabled.id,
+                ..base.clone()
+            },
+            mj_tasks::poller::REASON_CHANNEL_DISABLED,
+        ),
         // Never charged: fails, gets nothing back.
-        (NewTask { mj_id: String::new(), channel_id: env.channel.id, quota: 0, ..base.clone() }, mj_tasks::poller::REASON_NO_MJ_ID),
+        (
+            NewTask {
+                mj_id: String::new(),
+                channel_id: env.channel.id,
+                quota: 0,
+                ..base.clone()
+            },
+            mj_tasks::poller::REASON_NO_MJ_ID,
+        ),
     ];
     let mut ids = Vec::new();
     for (task, _) in &cases {
@@ -323,27 +467,41 @@ async fn unpollable_tasks_fail_with_refund(kind: Kind) {
     assert_eq!((stats.failed, stats.refunded), (4, 3));
     for (id, (_, reason)) in ids.iter().zip(&cases) {
         let task = env.app.tasks.get(*id).await.unwrap().unwrap();
-        assert_eq!((task.status, task.fail_reason.as_str()), (TaskStatus::Failure, *reason));
+        assert_eq!(
+            (task.status, task.fail_reason.as_str()),
+            (TaskStatus::Failure, *reason)
+        );
     }
     assert_eq!(env.quota("alice").await, QUOTA + 300);
 }
 
 async fn rejected_and_failed_submits_charge_nothing(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
     // Rejected upstream (banned prompt): the answer as given, nothing charged, nothing recorded.
     env.fake.set_submit_code(Some(24));
-    let (status, body) = env.submit(&env.alice.1, "imagine", json!({"prompt": "banned"})).await;
-    assert_eq!((status, body["code"].as_i64(), body["result"].clone()), (200, Some(24), Value::Null));
+    let (status, body) = env
+        .submit(&env.alice.1, "imagine", json!({"prompt": "banned"}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_i64(), body["result"].clone()),
+        (200, Some(24), Value::Null)
+    );
     // Queued (22) is accepted and normalised to 1.
     env.fake.set_submit_code(Some(22));
-    let (_, body) = env.submit(&env.alice.1, "imagine", json!({"prompt": "queued"})).await;
+    let (_, body) = env
+        .submit(&env.alice.1, "imagine", json!({"prompt": "queued"}))
+        .await;
     assert_eq!(body["code"], 1);
     assert!(body["description"].as_str().unwrap().contains("排队"));
     env.fake.set_submit_code(None);
     assert_eq!(env.quota("alice").await, QUOTA - IMAGINE);
     // Upstream down: 502, nothing charged.
     env.fake.set_mode(Mode::Error500);
-    let (status, body) = env.submit(&env.alice.1, "imagine", json!({"prompt": "down"})).await;
+    let (status, body) = env
+        .submit(&env.alice.1, "imagine", json!({"prompt": "down"}))
+        .await;
     assert_eq!((status, body["code"].as_i64()), (502, Some(5)));
     env.fake.set_mode(Mode::Normal);
     assert_eq!(env.quota("alice").await, QUOTA - IMAGINE);
@@ -358,7 +516,11 @@ async fn rejected_and_failed_submits_charge_nothing(kind: Kind) {
         ("blend", json!({"base64Array": ["a"]})),
     ] {
         let (status, answer) = env.submit(&env.alice.1, kind, body).await;
-        assert_eq!((status, answer["code"].as_i64()), (400, Some(4)), "{kind}: {answer}");
+        assert_eq!(
+            (status, answer["code"].as_i64()),
+            (400, Some(4)),
+            "{kind}: {answer}"
+        );
     }
     assert_eq!(env.fake.submit_calls(), calls);
     // Auth: mj-api-secret works; nothing or a bad token is a 401.
@@ -379,12 +541,19 @@ async fn rejected_and_failed_submits_charge_nothing(kind: Kind) {
     let calls = env.fake.submit_calls();
     let (status, body) = env.submit(&poor.1, "imagine", json!({"prompt": "x"})).await;
     assert_eq!((status, body["code"].as_i64()), (402, Some(4)));
-    assert!(body["description"].as_str().unwrap().contains("Insufficient quota"));
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap()
+            .contains("Insufficient quota")
+    );
     assert_eq!(env.fake.submit_calls(), calls);
 }
 
 async fn concurrent_submits_never_overdraw(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
     let edge = add_user(&env.app, "edge", 3 * IMAGINE).await;
     let env = Arc::new(env);
     let mut handles = Vec::new();
@@ -392,7 +561,9 @@ async fn concurrent_submits_never_overdraw(kind: Kind) {
         let env = env.clone();
         let token = edge.1.clone();
         handles.push(tokio::spawn(async move {
-            env.submit(&token, "imagine", json!({"prompt": format!("race {n}")})).await.0
+            env.submit(&token, "imagine", json!({"prompt": format!("race {n}")}))
+                .await
+                .0
         }));
     }
     let mut accepted = 0;
@@ -409,7 +580,9 @@ async fn concurrent_submits_never_overdraw(kind: Kind) {
 /// 2,000 tasks failing upstream, two pollers at once (no lease, small batches so they
 /// interleave): every task is failed and refunded exactly once.
 async fn two_pollers_refund_each_failure_once(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
     const USERS: usize = 20;
     const PER_USER: usize = 100;
     const PRICE: i64 = 7;
@@ -436,7 +609,11 @@ async fn two_pollers_refund_each_failure_once(kind: Kind) {
         }
     }
     env.app.tasks.insert_many(&rows).await.unwrap();
-    let config = PollerConfig { batch_size: 150, chunk_size: 40, ..fast_config() };
+    let config = PollerConfig {
+        batch_size: 150,
+        chunk_size: 40,
+        ..fast_config()
+    };
     let (a, b) = (env.poller(config.clone()), env.poller(config));
     for _ in 0..3 {
         let (ra, rb) = tokio::join!(a.run_round(), b.run_round());
@@ -456,7 +633,9 @@ async fn two_pollers_refund_each_failure_once(kind: Kind) {
 
 /// With the lease, one of two instances polls; the other takes over once the lease expires.
 async fn lease_lets_one_instance_poll(kind: Kind) {
-    let Some(env) = Env::new(kind).await else { return };
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
     let config = |holder: &str| PollerConfig {
         use_lease: true,
         holder: holder.to_owned(),

@@ -30,6 +30,9 @@ use crate::model::{Progress, Task, TaskStatus, now_millis};
 use crate::store::{ChannelStore, PollStore, StoreError, TaskStore, WriteOutcome};
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamTask};
 
+/// Changed tasks written per transaction.
+const WRITE_CHUNK: usize = 100;
+
 /// The lease name in `mj_leases` the poller uses.
 pub const LEASE_NAME: &str = "mj_poller";
 
@@ -508,25 +511,28 @@ impl Poller {
 
     async fn write_all(&self, updates: Vec<Task>) -> Result<(RoundStats, ()), StoreError> {
         let mut stats = RoundStats::default();
-        for task in updates {
+        // One transaction per chunk: one commit (fsync) per WRITE_CHUNK rows, not per row.
+        for chunk in updates.chunks(WRITE_CHUNK) {
             let started = Instant::now();
-            let outcome = self.inner.deps.store.write_outcome(&task).await;
+            let outcomes = self.inner.deps.store.write_outcomes(chunk).await;
             stats.db_time += started.elapsed();
-            match outcome? {
-                WriteOutcome::Lost => {
-                    tracing::debug!(
-                        task = task.id,
-                        "poller: concurrent update; retried next round"
-                    );
-                    stats.lost += 1;
-                }
-                WriteOutcome::Written { refunded } => {
-                    stats.written += 1;
-                    if task.status == TaskStatus::Failure {
-                        stats.failed += 1;
+            for (task, outcome) in chunk.iter().zip(outcomes?) {
+                match outcome {
+                    WriteOutcome::Lost => {
+                        tracing::debug!(
+                            task = task.id,
+                            "poller: concurrent update; retried next round"
+                        );
+                        stats.lost += 1;
                     }
-                    if refunded {
-                        stats.refunded += 1;
+                    WriteOutcome::Written { refunded } => {
+                        stats.written += 1;
+                        if task.status == TaskStatus::Failure {
+                            stats.failed += 1;
+                        }
+                        if refunded {
+                            stats.refunded += 1;
+                        }
                     }
                 }
             }

@@ -172,7 +172,13 @@ fn now_ms() -> i64 {
 
 fn task_json(id: &str, task: &FakeTask, steps: u32) -> Value {
     let (status, progress, image, fail_reason, finish) = if task.step == 0 {
-        ("NOT_START", Value::Null, Value::Null, Value::Null, Value::Null)
+        (
+            "NOT_START",
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        )
     } else if task.step >= steps && task.outcome != Outcome::Stuck {
         match task.outcome {
             Outcome::Failure => (
@@ -191,7 +197,13 @@ fn task_json(id: &str, task: &FakeTask, steps: u32) -> Value {
             ),
         }
     } else if task.step == 1 {
-        ("SUBMITTED", json!("0%"), Value::Null, Value::Null, Value::Null)
+        (
+            "SUBMITTED",
+            json!("0%"),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        )
     } else {
         let percent = (task.step * 100 / steps.max(1)).min(99);
         (
@@ -325,9 +337,15 @@ fn routes(
             let ids: Vec<String> = body
                 .get("ids")
                 .and_then(Value::as_array)
-                .map(|ids| ids.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
-            state.listed_ids.fetch_add(ids.len() as u64, Ordering::SeqCst);
+            state
+                .listed_ids
+                .fetch_add(ids.len() as u64, Ordering::SeqCst);
             let mut tasks = state.tasks.lock().unwrap();
             let mut out = Vec::new();
             for id in ids.iter().rev() {
@@ -354,7 +372,9 @@ fn routes(
             }
             let tasks = state.tasks.lock().unwrap();
             match tasks.get(&id) {
-                Some(task) => warp::reply::json(&task_json(&id, task, state.steps_to_finish)).into_response(),
+                Some(task) => {
+                    warp::reply::json(&task_json(&id, task, state.steps_to_finish)).into_response()
+                }
                 None => empty(StatusCode::OK),
             }
         });

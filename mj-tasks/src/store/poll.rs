@@ -32,6 +32,11 @@ pub trait PollStore: Send + Sync {
     /// can never happen twice.
     async fn write_outcome(&self, task: &Task) -> Result<WriteOutcome, StoreError>;
 
+    /// [`Self::write_outcome`] for many tasks in **one** transaction (one commit for the lot),
+    /// each row still compare-and-swapped on its own version; the outcomes are in `tasks` order.
+    /// An error rolls the whole lot back.
+    async fn write_outcomes(&self, tasks: &[Task]) -> Result<Vec<WriteOutcome>, StoreError>;
+
     /// Takes or renews the lease `name` for `holder` until `now_ms + ttl_ms`; `true` when
     /// `holder` holds it afterwards. A lease is taken over only once it has expired.
     async fn try_lease(
@@ -81,50 +86,59 @@ macro_rules! poll_sql {
             use crate::store::StoreError;
             use crate::store::poll::WriteOutcome;
 
-            pub(super) async fn write_outcome(
+            pub(super) async fn write_outcomes(
                 pool: &sqlx::Pool<$db>,
+                ledger: &dyn QuotaLedger,
+                tasks: &[Task],
+            ) -> Result<Vec<WriteOutcome>, StoreError> {
+                let mut tx = pool.begin().await?;
+                let mut outcomes = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    outcomes.push(write_one(&mut *tx, ledger, task).await?);
+                }
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            async fn write_one(
+                conn: &mut <$db as sqlx::Database>::Connection,
                 ledger: &dyn QuotaLedger,
                 task: &Task,
             ) -> Result<WriteOutcome, StoreError> {
-                let mut tx = pool.begin().await?;
                 let mut builder = QueryBuilder::<$db>::new("");
                 crate::store::sql::push_update(&mut builder, task);
-                if builder.build().execute(&mut *tx).await?.rows_affected() != 1 {
-                    tx.rollback().await?;
+                if builder.build().execute(&mut *conn).await?.rows_affected() != 1 {
                     return Ok(WriteOutcome::Lost);
                 }
-                let mut refunded = false;
-                if task.status == TaskStatus::Failure && task.quota > 0 {
-                    let mut check = QueryBuilder::<$db>::new(
-                        "SELECT COUNT(*) FROM mj_refunds WHERE task_id = ",
-                    );
-                    check.push_bind(task.id);
-                    let existing: i64 = check.build_query_scalar().fetch_one(&mut *tx).await?;
-                    if existing == 0 {
-                        // The primary key on task_id backs the check: a racing second refund
-                        // fails on insert and its whole transaction (status write included)
-                        // rolls back.
-                        let mut insert = QueryBuilder::<$db>::new(
-                            "INSERT INTO mj_refunds (task_id, user_id, amount, refunded_at) ",
-                        );
-                        insert.push_values(std::iter::once(task), |mut row, task| {
-                            row.push_bind(task.id)
-                                .push_bind(task.user_id)
-                                .push_bind(task.quota)
-                                .push_bind(crate::now_millis());
-                        });
-                        insert.build().execute(&mut *tx).await?;
-                        let refund = Refund {
-                            task_id: task.id,
-                            user_id: task.user_id,
-                            amount: task.quota,
-                        };
-                        ledger.refund_in($conn(&mut *tx), refund).await?;
-                        refunded = true;
-                    }
+                if task.status != TaskStatus::Failure || task.quota <= 0 {
+                    return Ok(WriteOutcome::Written { refunded: false });
                 }
-                tx.commit().await?;
-                Ok(WriteOutcome::Written { refunded })
+                let mut check =
+                    QueryBuilder::<$db>::new("SELECT COUNT(*) FROM mj_refunds WHERE task_id = ");
+                check.push_bind(task.id);
+                let existing: i64 = check.build_query_scalar().fetch_one(&mut *conn).await?;
+                if existing > 0 {
+                    return Ok(WriteOutcome::Written { refunded: false });
+                }
+                // The primary key on task_id backs the check: a racing second refund fails on
+                // insert and its whole transaction (status write included) rolls back.
+                let mut insert = QueryBuilder::<$db>::new(
+                    "INSERT INTO mj_refunds (task_id, user_id, amount, refunded_at) ",
+                );
+                insert.push_values(std::iter::once(task), |mut row, task| {
+                    row.push_bind(task.id)
+                        .push_bind(task.user_id)
+                        .push_bind(task.quota)
+                        .push_bind(crate::now_millis());
+                });
+                insert.build().execute(&mut *conn).await?;
+                let refund = Refund {
+                    task_id: task.id,
+                    user_id: task.user_id,
+                    amount: task.quota,
+                };
+                ledger.refund_in($conn(&mut *conn), refund).await?;
+                Ok(WriteOutcome::Written { refunded: true })
             }
 
             pub(super) async fn try_lease(
@@ -221,8 +235,16 @@ macro_rules! dispatch {
 #[async_trait]
 impl PollStore for SqlPollStore {
     async fn write_outcome(&self, task: &Task) -> Result<WriteOutcome, StoreError> {
+        let outcomes = self.write_outcomes(std::slice::from_ref(task)).await?;
+        Ok(outcomes.into_iter().next().unwrap_or(WriteOutcome::Lost))
+    }
+
+    async fn write_outcomes(&self, tasks: &[Task]) -> Result<Vec<WriteOutcome>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
         let ledger = self.ledger.as_ref();
-        dispatch!(self, write_outcome(ledger, task))
+        dispatch!(self, write_outcomes(ledger, tasks))
     }
 
     async fn try_lease(
