@@ -601,3 +601,243 @@ impl PollerHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::{MockChannelStore, MockPollStore, MockTaskStore};
+    use crate::{TaskAction, TaskStatus};
+
+    const NOW: i64 = 1_715_240_000_000;
+    const HOUR: i64 = 3_600_000;
+
+    fn task() -> Task {
+        Task {
+            id: 7,
+            code: 1,
+            user_id: 3,
+            action: TaskAction::Imagine,
+            mj_id: "1715240000123456".into(),
+            prompt: "cat".into(),
+            prompt_en: String::new(),
+            description: String::new(),
+            state: String::new(),
+            submit_time: NOW - 60_000,
+            start_time: NOW - 50_000,
+            finish_time: 0,
+            image_url: String::new(),
+            video_url: String::new(),
+            video_urls: String::new(),
+            status: TaskStatus::InProgress,
+            progress: Progress::new("10%"),
+            fail_reason: String::new(),
+            channel_id: 2,
+            quota: 500,
+            buttons: "[]".into(),
+            properties: "{}".into(),
+            version: 4,
+        }
+    }
+
+    fn upstream(status: &str) -> UpstreamTask {
+        UpstreamTask {
+            id: "1715240000123456".into(),
+            status: Some(TaskStatus::parse(status)),
+            ..UpstreamTask::default()
+        }
+    }
+
+    fn channel(enabled: bool) -> Channel {
+        Channel {
+            id: 2,
+            name: "c".into(),
+            base_url: "http://127.0.0.1:9".into(),
+            secret: "s".into(),
+            enabled,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn prechecks() {
+        let mut no_id = task();
+        no_id.mj_id = " ".into();
+        assert_eq!(
+            precheck(&no_id, Some(&channel(true))),
+            Some(REASON_NO_MJ_ID)
+        );
+        assert_eq!(precheck(&task(), None), Some(REASON_CHANNEL_GONE));
+        assert_eq!(
+            precheck(&task(), Some(&channel(false))),
+            Some(REASON_CHANNEL_DISABLED)
+        );
+        assert_eq!(precheck(&task(), Some(&channel(true))), None);
+    }
+
+    #[test]
+    fn merge_never_erases_known_values() {
+        let mut up = upstream("IN_PROGRESS");
+        up.submit_time = Some(1);
+        up.start_time = None; // null or 0 upstream
+        up.progress = Some(Progress::new(""));
+        up.image_url = Some("https://cdn/preview.webp".into());
+        let merged = merge_upstream(&task(), &up);
+        assert_eq!(merged.submit_time, task().submit_time);
+        assert_eq!(merged.start_time, task().start_time);
+        assert_eq!(merged.progress.as_str(), "10%");
+        assert_eq!(merged.image_url, "https://cdn/preview.webp");
+        assert_eq!(
+            (merged.user_id, merged.quota, merged.action),
+            (3, 500, TaskAction::Imagine)
+        );
+    }
+
+    #[test]
+    fn upstream_failure_is_terminal_with_a_reason() {
+        let mut up = upstream("FAILURE");
+        up.progress = Some(Progress::new(""));
+        let next = decide(&task(), Answer::Found(&up), NOW, HOUR).unwrap();
+        assert_eq!(next.status, TaskStatus::Failure);
+        assert_eq!(next.progress.as_str(), "100%");
+        assert_eq!(next.fail_reason, REASON_UPSTREAM_FAILURE);
+        up.fail_reason = Some("[Banned prompt] x".into());
+        let next = decide(&task(), Answer::Found(&up), NOW, HOUR).unwrap();
+        assert_eq!(next.fail_reason, "[Banned prompt] x");
+    }
+
+    #[test]
+    fn unchanged_tasks_are_not_written() {
+        let mut up = upstream("IN_PROGRESS");
+        up.progress = Some(Progress::new("10%"));
+        assert_eq!(decide(&task(), Answer::Found(&up), NOW, HOUR), None);
+        assert_eq!(decide(&task(), Answer::Missing, NOW, HOUR), None);
+        assert_eq!(decide(&task(), Answer::Unavailable, NOW, HOUR), None);
+    }
+
+    #[test]
+    fn unknown_status_and_free_text_progress_keep_polling() {
+        let mut up = upstream("QUEUED");
+        up.progress = Some(Progress::new("waiting"));
+        let next = decide(&task(), Answer::Found(&up), NOW, HOUR).unwrap();
+        assert!(!next.is_finished());
+        assert_eq!(next.progress.as_str(), "waiting");
+    }
+
+    #[test]
+    fn deadline_from_our_submit_time_whatever_the_upstream_says() {
+        let mut old = task();
+        old.submit_time = NOW - HOUR - 1;
+        for answer in [
+            Answer::Missing,
+            Answer::Unavailable,
+            Answer::Found(&upstream("IN_PROGRESS")),
+        ] {
+            let next = decide(&old, answer, NOW, HOUR).unwrap();
+            assert_eq!(next.status, TaskStatus::Failure, "{answer:?}");
+            assert_eq!(next.fail_reason, REASON_TIMEOUT);
+            assert_eq!(next.finish_time, NOW);
+            assert_eq!(next.submit_time, old.submit_time);
+        }
+        // A late success still wins over the deadline.
+        let mut done = upstream("SUCCESS");
+        done.image_url = Some("https://cdn/x.png".into());
+        let next = decide(&old, Answer::Found(&done), NOW, HOUR).unwrap();
+        assert_eq!(
+            (next.status, next.progress.as_str()),
+            (TaskStatus::Success, "100%")
+        );
+        // Exactly at the deadline: not yet.
+        let mut edge = task();
+        edge.submit_time = NOW - HOUR;
+        assert_eq!(decide(&edge, Answer::Missing, NOW, HOUR), None);
+    }
+
+    /// A round with mocked stores: the task without an upstream id is failed through the poll
+    /// store (no upstream call: the channel is unreachable on purpose), the healthy channel's
+    /// task is left alone when the channel errors, and nothing is written for it.
+    #[tokio::test]
+    async fn round_with_mocked_stores() {
+        let mut no_id = task();
+        no_id.id = 1;
+        no_id.mj_id = String::new();
+        no_id.submit_time = now_millis();
+        let mut fresh = task();
+        fresh.id = 2;
+        fresh.submit_time = now_millis();
+        let batch = vec![no_id.clone(), fresh];
+
+        let mut tasks = MockTaskStore::new();
+        tasks
+            .expect_list_unfinished()
+            .withf(|after, _| *after == 0)
+            .returning(move |_, _| Ok(batch.clone()));
+        let mut channels = MockChannelStore::new();
+        channels
+            .expect_list_channels()
+            .returning(|| Ok(vec![channel(true)]));
+        let mut store = MockPollStore::new();
+        store
+            .expect_write_outcomes()
+            .times(1)
+            .withf(|tasks| {
+                tasks.len() == 1
+                    && tasks[0].id == 1
+                    && tasks[0].status == TaskStatus::Failure
+                    && tasks[0].fail_reason == REASON_NO_MJ_ID
+                    && tasks[0].version == 4
+            })
+            .returning(|_| Ok(vec![WriteOutcome::Written { refunded: true }]));
+        let poller = Poller::new(
+            PollerDeps {
+                tasks: Arc::new(tasks),
+                channels: Arc::new(channels),
+                store: Arc::new(store),
+            },
+            PollerConfig {
+                upstream_timeout: Duration::from_millis(500),
+                ..PollerConfig::default()
+            },
+        )
+        .unwrap();
+        let stats = poller.run_round().await.unwrap();
+        assert_eq!(
+            (
+                stats.scanned,
+                stats.failed,
+                stats.refunded,
+                stats.channel_errors
+            ),
+            (2, 1, 1, 1)
+        );
+        // The failing channel is now backed off: the next round does not call it.
+        assert!(poller.in_backoff(2));
+    }
+
+    #[tokio::test]
+    async fn lease_gates_the_round() {
+        let mut store = MockPollStore::new();
+        store.expect_try_lease().returning(|_, _, _, _| Ok(false));
+        let poller = Poller::new(
+            PollerDeps {
+                tasks: Arc::new(MockTaskStore::new()),
+                channels: Arc::new(MockChannelStore::new()),
+                store: Arc::new(store),
+            },
+            PollerConfig {
+                use_lease: true,
+                ..PollerConfig::default()
+            },
+        )
+        .unwrap();
+        // No store call beyond the lease: the mocks would panic on any.
+        assert_eq!(poller.run_round().await.unwrap(), RoundStats::default());
+    }
+
+    #[test]
+    fn lease_ttl_is_two_intervals() {
+        let config = PollerConfig::default();
+        assert_eq!(config.lease_ttl(), Duration::from_secs(30));
+    }
+}
