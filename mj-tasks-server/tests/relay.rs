@@ -686,3 +686,60 @@ on_every_backend!(
     two_pollers_refund_each_failure_once,
     lease_lets_one_instance_poll,
 );
+
+/// The library's client against the fake: empty 200 for an unknown task, 401 with an empty
+/// body, 500, garbage, slowness, answers out of order and with ids left out.
+#[tokio::test]
+async fn upstream_client_tolerates_the_real_quirks() {
+    use mj_tasks::{SubmitKind, UpstreamClient, UpstreamError};
+    let fake = FakeProxy::start(SECRET).await;
+    let channel = |secret: &str| Channel {
+        id: 1,
+        name: "fake".into(),
+        base_url: format!("{}/", fake.base_url()),
+        secret: secret.into(),
+        enabled: true,
+        created_at: 0,
+    };
+    let client = UpstreamClient::new(Duration::from_millis(500)).unwrap();
+    let good = channel(SECRET);
+    let submitted = client
+        .submit(&good, SubmitKind::Imagine, &json!({"prompt": "quirks"}))
+        .await
+        .unwrap();
+    assert!(submitted.is_accepted());
+    let id = submitted.task_id().unwrap().to_owned();
+    let rejected = client.submit(&good, SubmitKind::Imagine, &json!({"prompt": " "})).await.unwrap();
+    assert_eq!((rejected.code, rejected.is_accepted()), (4, false));
+
+    let fetched = client.fetch(&good, &id).await.unwrap().unwrap();
+    assert_eq!((fetched.id.as_str(), fetched.status.clone()), (id.as_str(), Some(TaskStatus::NotStart)));
+    assert_eq!(fetched.progress, None, "null progress while NOT_START");
+    assert!(client.fetch(&good, "404404").await.unwrap().is_none(), "empty 200 body");
+
+    fake.insert("2", Outcome::Success);
+    let listed = client
+        .list_by_condition(&good, &[id.clone(), "unknown".into(), "2".into()])
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = listed.iter().map(|t| t.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["2", id.as_str()]);
+
+    assert!(matches!(
+        client.list_by_condition(&channel("wrong"), &[id.clone()]).await,
+        Err(UpstreamError::Unauthorized)
+    ));
+    fake.set_mode(Mode::Error500);
+    assert!(matches!(client.list_by_condition(&good, &[id.clone()]).await, Err(UpstreamError::Status(500))));
+    assert!(matches!(client.fetch(&good, &id).await, Err(UpstreamError::Status(500))));
+    fake.set_mode(Mode::Garbage);
+    assert!(matches!(client.list_by_condition(&good, &[id.clone()]).await, Err(UpstreamError::InvalidBody(_))));
+    assert!(matches!(client.submit(&good, SubmitKind::Imagine, &json!({"prompt": "x"})).await, Err(UpstreamError::InvalidBody(_))));
+    fake.set_mode(Mode::Slow(Duration::from_secs(3)));
+    let error = client.list_by_condition(&good, &[id.clone()]).await.unwrap_err();
+    assert!(error.is_timeout(), "{error:?}");
+    // Nothing listens here: unreachable, quickly.
+    let dead = Channel { base_url: "http://127.0.0.1:1".into(), ..good.clone() };
+    assert!(matches!(client.fetch(&dead, &id).await, Err(UpstreamError::Unreachable(_))));
+}

@@ -584,7 +584,8 @@ impl Poller {
     }
 }
 
-/// A running poller loop.
+/// A running poller loop. Dropping the handle without [`PollerHandle::stop`] also ends the loop
+/// (at its next await point), without waiting for it.
 #[derive(Debug)]
 pub struct PollerHandle {
     stop: watch::Sender<bool>,
