@@ -25,10 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::{Kind, TestDb};
 use fake_proxy::{FakeProxy, Outcome};
-use mj_tasks::{
-    NewChannel, NewTask, Poller, PollerConfig, PollerDeps, Progress, TaskAction, TaskStatus,
-    now_millis,
-};
+use mj_tasks::{NewChannel, NewTask, Poller, Progress, TaskAction, TaskStatus, now_millis};
 use mj_tasks_server::{App, Settings};
 
 const CHANNELS: usize = 10;
@@ -74,16 +71,15 @@ async fn open_app(db: &TestDb) -> App {
     App::open(settings).await.unwrap()
 }
 
+/// The poller exactly as the server configures it.
 fn poller(app: &App) -> Poller {
-    Poller::new(
-        PollerDeps {
-            tasks: app.tasks.clone(),
-            channels: app.channels.clone(),
-            store: app.poll_store.clone(),
-        },
-        PollerConfig::default(),
-    )
-    .unwrap()
+    let mut settings = (*app.settings).clone();
+    settings.poll_interval_secs = 15;
+    let app = App {
+        settings: std::sync::Arc::new(settings),
+        ..app.clone()
+    };
+    app.poller().unwrap()
 }
 
 fn task(channel_id: i64, mj_id: String, status: TaskStatus, progress: &str) -> NewTask {

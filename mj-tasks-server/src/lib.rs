@@ -76,6 +76,12 @@ impl App {
             interval: std::time::Duration::from_secs(self.settings.poll_interval_secs),
             task_timeout: std::time::Duration::from_secs(self.settings.task_timeout_secs),
             use_lease: self.store.backend() != Backend::Sqlite,
+            // SQLite has a single writer: queue in the poller, not in SQLite's busy handler.
+            write_concurrency: if self.store.backend() == Backend::Sqlite {
+                1
+            } else {
+                16
+            },
             ..PollerConfig::default()
         };
         let deps = PollerDeps {

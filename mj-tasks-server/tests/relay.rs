@@ -709,13 +709,22 @@ async fn upstream_client_tolerates_the_real_quirks() {
         .unwrap();
     assert!(submitted.is_accepted());
     let id = submitted.task_id().unwrap().to_owned();
-    let rejected = client.submit(&good, SubmitKind::Imagine, &json!({"prompt": " "})).await.unwrap();
+    let rejected = client
+        .submit(&good, SubmitKind::Imagine, &json!({"prompt": " "}))
+        .await
+        .unwrap();
     assert_eq!((rejected.code, rejected.is_accepted()), (4, false));
 
     let fetched = client.fetch(&good, &id).await.unwrap().unwrap();
-    assert_eq!((fetched.id.as_str(), fetched.status.clone()), (id.as_str(), Some(TaskStatus::NotStart)));
+    assert_eq!(
+        (fetched.id.as_str(), fetched.status.clone()),
+        (id.as_str(), Some(TaskStatus::NotStart))
+    );
     assert_eq!(fetched.progress, None, "null progress while NOT_START");
-    assert!(client.fetch(&good, "404404").await.unwrap().is_none(), "empty 200 body");
+    assert!(
+        client.fetch(&good, "404404").await.unwrap().is_none(),
+        "empty 200 body"
+    );
 
     fake.insert("2", Outcome::Success);
     let listed = client
@@ -727,19 +736,44 @@ async fn upstream_client_tolerates_the_real_quirks() {
     assert_eq!(ids, vec!["2", id.as_str()]);
 
     assert!(matches!(
-        client.list_by_condition(&channel("wrong"), &[id.clone()]).await,
+        client
+            .list_by_condition(&channel("wrong"), &[id.clone()])
+            .await,
         Err(UpstreamError::Unauthorized)
     ));
     fake.set_mode(Mode::Error500);
-    assert!(matches!(client.list_by_condition(&good, &[id.clone()]).await, Err(UpstreamError::Status(500))));
-    assert!(matches!(client.fetch(&good, &id).await, Err(UpstreamError::Status(500))));
+    assert!(matches!(
+        client.list_by_condition(&good, &[id.clone()]).await,
+        Err(UpstreamError::Status(500))
+    ));
+    assert!(matches!(
+        client.fetch(&good, &id).await,
+        Err(UpstreamError::Status(500))
+    ));
     fake.set_mode(Mode::Garbage);
-    assert!(matches!(client.list_by_condition(&good, &[id.clone()]).await, Err(UpstreamError::InvalidBody(_))));
-    assert!(matches!(client.submit(&good, SubmitKind::Imagine, &json!({"prompt": "x"})).await, Err(UpstreamError::InvalidBody(_))));
+    assert!(matches!(
+        client.list_by_condition(&good, &[id.clone()]).await,
+        Err(UpstreamError::InvalidBody(_))
+    ));
+    assert!(matches!(
+        client
+            .submit(&good, SubmitKind::Imagine, &json!({"prompt": "x"}))
+            .await,
+        Err(UpstreamError::InvalidBody(_))
+    ));
     fake.set_mode(Mode::Slow(Duration::from_secs(3)));
-    let error = client.list_by_condition(&good, &[id.clone()]).await.unwrap_err();
+    let error = client
+        .list_by_condition(&good, &[id.clone()])
+        .await
+        .unwrap_err();
     assert!(error.is_timeout(), "{error:?}");
     // Nothing listens here: unreachable, quickly.
-    let dead = Channel { base_url: "http://127.0.0.1:1".into(), ..good.clone() };
-    assert!(matches!(client.fetch(&dead, &id).await, Err(UpstreamError::Unreachable(_))));
+    let dead = Channel {
+        base_url: "http://127.0.0.1:1".into(),
+        ..good.clone()
+    };
+    assert!(matches!(
+        client.fetch(&dead, &id).await,
+        Err(UpstreamError::Unreachable(_))
+    ));
 }

@@ -60,6 +60,9 @@ pub struct PollerConfig {
     pub chunk_size: usize,
     /// Timeout of each upstream call (default 10 s).
     pub upstream_timeout: Duration,
+    /// Channel workers writing at the same time (default 16). SQLite has one writer: set 1
+    /// there, so workers queue here instead of sleeping in SQLite's busy handler.
+    pub write_concurrency: usize,
     /// Longest pause of a failing channel (default 5 min).
     pub max_backoff: Duration,
     /// Poll only while holding the database lease (for several instances on one PostgreSQL or
@@ -77,6 +80,7 @@ impl Default for PollerConfig {
             batch_size: 1000,
             chunk_size: 100,
             upstream_timeout: Duration::from_secs(10),
+            write_concurrency: 16,
             max_backoff: Duration::from_secs(300),
             use_lease: false,
             holder: random_holder(),
@@ -271,6 +275,7 @@ struct Inner {
     config: PollerConfig,
     client: UpstreamClient,
     backoff: Mutex<HashMap<i64, Backoff>>,
+    writers: tokio::sync::Semaphore,
 }
 
 /// The poller. Run rounds yourself with [`Poller::run_round`], or start the loop with
@@ -295,9 +300,10 @@ impl Poller {
         Ok(Self {
             inner: Arc::new(Inner {
                 deps,
-                config,
                 client,
                 backoff: Mutex::new(HashMap::new()),
+                writers: tokio::sync::Semaphore::new(config.write_concurrency.max(1)),
+                config,
             }),
         })
     }
@@ -514,6 +520,8 @@ impl Poller {
         // One transaction per chunk: one commit (fsync) per WRITE_CHUNK rows, not per row.
         for chunk in updates.chunks(WRITE_CHUNK) {
             let started = Instant::now();
+            // Never closed: acquire fails only after `close`, which nothing calls.
+            let _permit = self.inner.writers.acquire().await.ok();
             let outcomes = self.inner.deps.store.write_outcomes(chunk).await;
             stats.db_time += started.elapsed();
             for (task, outcome) in chunk.iter().zip(outcomes?) {

@@ -205,7 +205,12 @@ fn task_json(id: &str, task: &FakeTask, steps: u32) -> Value {
             Value::Null,
         )
     } else {
-        let percent = (task.step * 100 / steps.max(1)).min(99);
+        // Stuck tasks keep moving (1%..99%, cycling) so that every poll changes them.
+        let percent = if task.outcome == Outcome::Stuck {
+            1 + task.step % 99
+        } else {
+            (task.step * 100 / steps.max(1)).min(99)
+        };
         (
             "IN_PROGRESS",
             json!(format!("{percent}%")),
