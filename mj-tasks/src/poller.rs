@@ -2,11 +2,12 @@
 //! that can no longer finish, and refunds failures exactly once.
 //!
 //! One round:
-//! 1. where several instances share a database, take or renew the lease (`mj_leases`), or skip
+//! 1. read the first batch of unfinished tasks (`list_unfinished`, on the `(finished, id)`
+//!    index, so finished rows are never read); none: the round is over (an idle round is one
+//!    index probe and writes nothing);
+//! 2. where several instances share a database, take or renew the lease (`mj_leases`), or skip
 //!    the round: exactly one instance polls at a time, and a dead holder's lease expires after
-//!    about two intervals;
-//! 2. walk the unfinished tasks in bounded batches (`list_unfinished`, on the `(finished, id)`
-//!    index, so finished rows are never read);
+//!    about two intervals; then walk the rest in bounded batches;
 //! 3. fail at once the tasks with no `mj_id` or whose channel is gone or disabled;
 //! 4. ask every channel concurrently (one tokio task each) with `list-by-condition` in chunks,
 //!    matching answers by id, so every row sharing a `(channel, mj_id)` is updated;
@@ -122,7 +123,8 @@ pub struct PollerDeps {
 /// What a round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoundStats {
-    /// `false` when another instance holds the lease (nothing was done).
+    /// `false` when another instance holds the lease (nothing was done); `true` for an idle
+    /// round (nothing to do).
     pub ran: bool,
     /// Unfinished tasks read.
     pub scanned: u64,
@@ -327,10 +329,22 @@ impl Poller {
     }
 
     /// Runs one round now (see the module documentation).
+    ///
+    /// The first batch is read before the lease is touched: an idle round (no unfinished task)
+    /// is one probe of the `(finished, id)` index and writes nothing, on every instance. Reading
+    /// without the lease is harmless, since every write is compare-and-swapped.
     pub async fn run_round(&self) -> Result<RoundStats, StoreError> {
         let mut stats = RoundStats::default();
-        if !self.hold_lease().await? {
+        let batch_size = self.inner.config.batch_size;
+        let started = Instant::now();
+        let mut batch = self.inner.deps.tasks.list_unfinished(0, batch_size).await?;
+        stats.db_time += started.elapsed();
+        if batch.is_empty() {
+            stats.ran = true;
             return Ok(stats);
+        }
+        if !self.hold_lease().await? {
+            return Ok(RoundStats::default());
         }
         stats.ran = true;
         let started = Instant::now();
@@ -345,19 +359,10 @@ impl Poller {
             .collect();
         stats.db_time += started.elapsed();
         let channels = Arc::new(channels);
-        let mut after_id = 0;
         loop {
-            let started = Instant::now();
-            let batch = self
-                .inner
-                .deps
-                .tasks
-                .list_unfinished(after_id, self.inner.config.batch_size)
-                .await?;
-            stats.db_time += started.elapsed();
             let Some(last) = batch.last() else { break };
-            after_id = last.id;
-            let full = batch.len() >= self.inner.config.batch_size as usize;
+            let after_id = last.id;
+            let full = batch.len() >= batch_size as usize;
             let batch_stats = self.process_batch(batch, &channels).await?;
             stats.absorb(&batch_stats);
             if !full {
@@ -368,6 +373,14 @@ impl Poller {
                 tracing::warn!("poller lease lost during a round; stopping the round");
                 break;
             }
+            let started = Instant::now();
+            batch = self
+                .inner
+                .deps
+                .tasks
+                .list_unfinished(after_id, batch_size)
+                .await?;
+            stats.db_time += started.elapsed();
         }
         Ok(stats)
     }
@@ -519,9 +532,9 @@ impl Poller {
         let mut stats = RoundStats::default();
         // One transaction per chunk: one commit (fsync) per WRITE_CHUNK rows, not per row.
         for chunk in updates.chunks(WRITE_CHUNK) {
-            let started = Instant::now();
             // Never closed: acquire fails only after `close`, which nothing calls.
             let _permit = self.inner.writers.acquire().await.ok();
+            let started = Instant::now();
             let outcomes = self.inner.deps.store.write_outcomes(chunk).await;
             stats.db_time += started.elapsed();
             for (task, outcome) in chunk.iter().zip(outcomes?) {
@@ -828,9 +841,14 @@ mod tests {
     async fn lease_gates_the_round() {
         let mut store = MockPollStore::new();
         store.expect_try_lease().returning(|_, _, _, _| Ok(false));
+        let mut tasks = MockTaskStore::new();
+        tasks
+            .expect_list_unfinished()
+            .times(1)
+            .returning(|_, _| Ok(vec![task()]));
         let poller = Poller::new(
             PollerDeps {
-                tasks: Arc::new(MockTaskStore::new()),
+                tasks: Arc::new(tasks),
                 channels: Arc::new(MockChannelStore::new()),
                 store: Arc::new(store),
             },
@@ -842,6 +860,30 @@ mod tests {
         .unwrap();
         // No store call beyond the lease: the mocks would panic on any.
         assert_eq!(poller.run_round().await.unwrap(), RoundStats::default());
+    }
+
+    #[tokio::test]
+    async fn idle_round_is_one_read_and_no_lease() {
+        let mut tasks = MockTaskStore::new();
+        tasks
+            .expect_list_unfinished()
+            .times(1)
+            .returning(|_, _| Ok(Vec::new()));
+        let poller = Poller::new(
+            PollerDeps {
+                tasks: Arc::new(tasks),
+                channels: Arc::new(MockChannelStore::new()),
+                store: Arc::new(MockPollStore::new()),
+            },
+            PollerConfig {
+                use_lease: true,
+                ..PollerConfig::default()
+            },
+        )
+        .unwrap();
+        let stats = poller.run_round().await.unwrap();
+        assert!(stats.ran);
+        assert_eq!(stats.scanned, 0);
     }
 
     #[test]
