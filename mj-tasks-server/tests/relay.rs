@@ -746,13 +746,15 @@ async fn upstream_client_tolerates_the_real_quirks() {
 
     assert!(matches!(
         client
-            .list_by_condition(&channel("wrong"), &[id.clone()])
+            .list_by_condition(&channel("wrong"), std::slice::from_ref(&id))
             .await,
         Err(UpstreamError::Unauthorized)
     ));
     fake.set_mode(Mode::Error500);
     assert!(matches!(
-        client.list_by_condition(&good, &[id.clone()]).await,
+        client
+            .list_by_condition(&good, std::slice::from_ref(&id))
+            .await,
         Err(UpstreamError::Status(500))
     ));
     assert!(matches!(
@@ -761,7 +763,9 @@ async fn upstream_client_tolerates_the_real_quirks() {
     ));
     fake.set_mode(Mode::Garbage);
     assert!(matches!(
-        client.list_by_condition(&good, &[id.clone()]).await,
+        client
+            .list_by_condition(&good, std::slice::from_ref(&id))
+            .await,
         Err(UpstreamError::InvalidBody(_))
     ));
     assert!(matches!(
@@ -772,7 +776,7 @@ async fn upstream_client_tolerates_the_real_quirks() {
     ));
     fake.set_mode(Mode::Slow(Duration::from_secs(3)));
     let error = client
-        .list_by_condition(&good, &[id.clone()])
+        .list_by_condition(&good, std::slice::from_ref(&id))
         .await
         .unwrap_err();
     assert!(error.is_timeout(), "{error:?}");

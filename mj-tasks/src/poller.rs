@@ -359,8 +359,7 @@ impl Poller {
             .collect();
         stats.db_time += started.elapsed();
         let channels = Arc::new(channels);
-        loop {
-            let Some(last) = batch.last() else { break };
+        while let Some(last) = batch.last() {
             let after_id = last.id;
             let full = batch.len() >= batch_size as usize;
             let batch_stats = self.process_batch(batch, &channels).await?;
