@@ -790,3 +790,65 @@ async fn upstream_client_tolerates_the_real_quirks() {
         Err(UpstreamError::Unreachable(_))
     ));
 }
+
+/// The real server through a real listener: `serve` starts the poller (interval 1 s) and stops
+/// it on shutdown; a submitted task reaches SUCCESS without any test-driven round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_app_polls_in_the_background() {
+    let db = TestDb::sqlite();
+    let mut settings = Settings::with_database_url(db.url());
+    settings.poll_interval_secs = 1;
+    let app = App::open(settings).await.unwrap();
+    let fake = FakeProxy::start_with_steps(SECRET, 2).await;
+    app.channels
+        .add_channel(&NewChannel {
+            name: "fake".into(),
+            base_url: fake.base_url(),
+            secret: SECRET.into(),
+        })
+        .await
+        .unwrap();
+    let (_, token) = add_user(&app, "alice", QUOTA).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(mj_tasks_server::serve(app, listener, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let submitted: Value = client
+        .post(format!("http://{address}/mj/submit/imagine"))
+        .header("mj-api-secret", &token)
+        .json(&json!({"prompt": "served"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mj_id = submitted["result"].as_str().unwrap().to_owned();
+    let mut status = String::new();
+    for _ in 0..100 {
+        let task: Value = client
+            .get(format!("http://{address}/mj/task/{mj_id}/fetch"))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status = task["status"].as_str().unwrap_or("").to_owned();
+        if status == "SUCCESS" {
+            assert_eq!(task["progress"], "100%");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "SUCCESS");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
