@@ -852,3 +852,28 @@ async fn served_app_polls_in_the_background() {
         .unwrap()
         .unwrap();
 }
+
+/// An upstream slower than `--upstream-timeout-secs`: 504, nothing charged, nothing recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_submit_is_a_504_without_charge() {
+    let Some(mut env) = Env::new(Kind::Sqlite).await else {
+        return;
+    };
+    let mut settings = (*env.app.settings).clone();
+    settings.upstream_timeout_secs = 1;
+    env.app = App::open(settings).await.unwrap();
+    env.fake.set_mode(Mode::Slow(Duration::from_millis(2500)));
+    let (status, body) = env
+        .submit(&env.alice.1, "imagine", json!({"prompt": "slow"}))
+        .await;
+    assert_eq!((status, body["code"].as_i64()), (504, Some(5)), "{body}");
+    assert_eq!(env.quota("alice").await, QUOTA);
+    assert_eq!(
+        env.app
+            .tasks
+            .count(&mj_tasks::TaskQuery::all())
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -21,6 +21,12 @@
 //! # }).unwrap();
 //! ```
 //!
+//! Around the store: [`upstream`], a typed client for midjourney-proxy channels that tolerates
+//! the real upstream's quirks; [`poller`], the background poller (bounded batches, channels
+//! polled concurrently, compare-and-swap writes, deadlines, a database lease for several
+//! instances); and [`billing`], prices per action and the [`QuotaLedger`] through which a
+//! failed task is refunded exactly once, in the transaction that records the failure.
+//!
 //! ## Features
 //! - `sqlite` (default), `postgres`, `mysql`: the backends.
 //! - `mock`: `MockTaskStore` and `MockChannelStore` (mockall) for tests of code using the traits.

@@ -15,6 +15,13 @@
 //!    changed tasks with compare-and-swap ([`PollStore::write_outcome`]), which also refunds a
 //!    failure in the same transaction.
 //!
+//! Limits worth knowing: channels are polled concurrently *within* a batch, and the next batch
+//! starts when every channel of this one has answered; a channel that errors or times out is put
+//! in backoff at once (skipped for the rest of the round), but a channel that is slow and still
+//! answers within `upstream_timeout` slows each batch of the round by its latency. The lease
+//! compares the instances' wall clocks (keep them NTP-synced): skew only shifts the takeover
+//! time, and compare-and-swap keeps every write correct even when two instances overlap.
+//!
 //! A channel that errors (5xx, garbage, timeout) leaves its tasks untouched and is retried on a
 //! later round with exponential backoff; tasks past the deadline (measured from **our**
 //! `submit_time`) are failed whatever the upstream says or fails to say.
