@@ -877,3 +877,71 @@ async fn slow_upstream_submit_is_a_504_without_charge() {
         0
     );
 }
+
+/// A slow channel never holds up a healthy one: the healthy channel's tasks are all brought up to
+/// date in the round, the slow one's overflow is deferred to the next round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_channel_never_holds_up_the_others() {
+    let Some(env) = Env::new(Kind::Sqlite).await else {
+        return;
+    };
+    let slow_fake = FakeProxy::start(SECRET).await;
+    slow_fake.set_mode(Mode::Slow(Duration::from_millis(600)));
+    let slow = env
+        .app
+        .channels
+        .add_channel(&NewChannel {
+            name: "slow".into(),
+            base_url: slow_fake.base_url(),
+            secret: SECRET.into(),
+        })
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for n in 0..120u64 {
+        let (fake, channel_id) = if n % 2 == 0 {
+            (&env.fake, env.channel.id)
+        } else {
+            (&slow_fake, slow.id)
+        };
+        let mj_id = (1_716_000_000_000_000 + n).to_string();
+        fake.insert(&mj_id, Outcome::Success);
+        rows.push(NewTask {
+            code: 1,
+            user_id: env.alice.0.id,
+            mj_id,
+            submit_time: now_millis(),
+            status: TaskStatus::NotStart,
+            progress: Progress::zero(),
+            channel_id,
+            ..NewTask::default()
+        });
+    }
+    env.app.tasks.insert_many(&rows).await.unwrap();
+    let poller = env.poller(PollerConfig {
+        batch_size: 10,
+        slow_channel_wait: Duration::from_millis(100),
+        upstream_timeout: Duration::from_secs(5),
+        ..fast_config()
+    });
+    let stats = poller.run_round().await.unwrap();
+    assert!(stats.deferred > 0, "{stats:?}");
+    assert_eq!(stats.channel_errors, 0, "{stats:?}");
+    let mut fast_updated = 0;
+    let mut slow_updated = 0;
+    for row in &rows {
+        let task = env.task(&row.mj_id).await;
+        if task.status != TaskStatus::NotStart {
+            if row.channel_id == env.channel.id {
+                fast_updated += 1;
+            } else {
+                slow_updated += 1;
+            }
+        }
+    }
+    assert_eq!(fast_updated, 60, "{stats:?}");
+    assert!(
+        slow_updated < 60 && slow_updated > 0,
+        "{slow_updated} {stats:?}"
+    );
+}

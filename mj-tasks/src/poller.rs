@@ -9,16 +9,18 @@
 //!    the round: exactly one instance polls at a time, and a dead holder's lease expires after
 //!    about two intervals; then walk the rest in bounded batches;
 //! 3. fail at once the tasks with no `mj_id` or whose channel is gone or disabled;
-//! 4. ask every channel concurrently (one tokio task each) with `list-by-condition` in chunks,
+//! 4. ask every channel concurrently (one worker task each, fed through a bounded queue) with
+//!    `list-by-condition` in chunks,
 //!    matching answers by id, so every row sharing a `(channel, mj_id)` is updated;
 //! 5. decide each task with the pure functions [`merge_upstream`] and [`decide`], and write only
 //!    changed tasks with compare-and-swap ([`PollStore::write_outcome`]), which also refunds a
 //!    failure in the same transaction.
 //!
-//! Limits worth knowing: channels are polled concurrently *within* a batch, and the next batch
-//! starts when every channel of this one has answered; a channel that errors or times out is put
-//! in backoff at once (skipped for the rest of the round), but a channel that is slow and still
-//! answers within `upstream_timeout` slows each batch of the round by its latency. The lease
+//! Each channel has its own worker for the round, fed through a bounded queue. The batch reader
+//! waits for a full queue at most `slow_channel_wait` (2 s) once per channel and round; after
+//! that the channel counts as slow, and its tasks that do not fit in its queue are deferred to
+//! the next round ([`RoundStats::deferred`]) rather than holding up the others. A channel that
+//! errors or times out is also put in backoff at once. The lease
 //! compares the instances' wall clocks (keep them NTP-synced): skew only shifts the takeover
 //! time, and compare-and-swap keeps every write correct even when two instances overlap.
 //!
@@ -30,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -68,6 +71,9 @@ pub struct PollerConfig {
     pub chunk_size: usize,
     /// Timeout of each upstream call (default 10 s).
     pub upstream_timeout: Duration,
+    /// Longest time the batch reader waits for one channel's full queue before it marks the
+    /// channel slow for the round and defers its remaining tasks (default 2 s).
+    pub slow_channel_wait: Duration,
     /// Channel workers writing at the same time (default 16). SQLite has one writer: set 1
     /// there, so workers queue here instead of sleeping in SQLite's busy handler.
     pub write_concurrency: usize,
@@ -89,6 +95,7 @@ impl Default for PollerConfig {
             chunk_size: 100,
             upstream_timeout: Duration::from_secs(10),
             write_concurrency: 16,
+            slow_channel_wait: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
             use_lease: false,
             holder: random_holder(),
@@ -147,6 +154,9 @@ pub struct RoundStats {
     pub refunded: u64,
     /// Channels whose calls failed or that were skipped for backoff.
     pub channel_errors: u64,
+    /// Tasks left for the next round because their channel's worker was still busy with
+    /// earlier batches (a slow channel never holds up the others).
+    pub deferred: u64,
     /// Time spent in database calls (summed over concurrent calls).
     pub db_time: Duration,
 }
@@ -160,6 +170,7 @@ impl RoundStats {
         self.failed += other.failed;
         self.refunded += other.refunded;
         self.channel_errors += other.channel_errors;
+        self.deferred += other.deferred;
         self.db_time += other.db_time;
     }
 }
@@ -365,12 +376,13 @@ impl Poller {
             .map(|channel| (channel.id, channel))
             .collect();
         stats.db_time += started.elapsed();
-        let channels = Arc::new(channels);
+        let mut workers = ChannelWorkers::new(self.clone(), channels);
         while let Some(last) = batch.last() {
             let after_id = last.id;
             let full = batch.len() >= batch_size as usize;
-            let batch_stats = self.process_batch(batch, &channels).await?;
-            stats.absorb(&batch_stats);
+            let immediate = workers.dispatch(batch, &mut stats).await;
+            let (written, _) = self.write_all(immediate).await?;
+            stats.absorb(&written);
             if !full {
                 break;
             }
@@ -388,53 +400,8 @@ impl Poller {
                 .await?;
             stats.db_time += started.elapsed();
         }
+        workers.finish(&mut stats).await?;
         Ok(stats)
-    }
-
-    async fn process_batch(
-        &self,
-        batch: Vec<Task>,
-        channels: &Arc<HashMap<i64, Channel>>,
-    ) -> Result<RoundStats, StoreError> {
-        let now = now_millis();
-        let mut stats = RoundStats {
-            scanned: batch.len() as u64,
-            ..RoundStats::default()
-        };
-        let mut immediate = Vec::new();
-        let mut by_channel: HashMap<i64, Vec<Task>> = HashMap::new();
-        for task in batch {
-            match precheck(&task, channels.get(&task.channel_id)) {
-                Some(reason) => immediate.push(fail(&task, reason, now)),
-                None => by_channel.entry(task.channel_id).or_default().push(task),
-            }
-        }
-        let (written, _) = self.write_all(immediate).await?;
-        stats.absorb(&written);
-
-        let mut workers = tokio::task::JoinSet::new();
-        for (channel_id, tasks) in by_channel {
-            let Some(channel) = channels.get(&channel_id).cloned() else {
-                continue;
-            };
-            let poller = self.clone();
-            workers.spawn(async move { poller.poll_channel(channel, tasks).await });
-        }
-        let mut first_error = None;
-        while let Some(joined) = workers.join_next().await {
-            match joined {
-                Ok(Ok(channel_stats)) => stats.absorb(&channel_stats),
-                Ok(Err(error)) => {
-                    tracing::warn!(error = ?error, "poller: database error while writing");
-                    first_error.get_or_insert(error);
-                }
-                Err(error) => tracing::error!(%error, "poller: channel worker panicked"),
-            }
-        }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(stats),
-        }
     }
 
     fn in_backoff(&self, channel_id: i64) -> bool {
@@ -608,6 +575,117 @@ impl Poller {
             }
         });
         PollerHandle { stop, join }
+    }
+}
+
+/// Groups of tasks a channel worker may have queued before the reader moves on without it.
+const CHANNEL_QUEUE: usize = 4;
+
+/// One worker per channel for the length of a round, fed through a bounded queue. The reader
+/// waits for a full queue at most `slow_channel_wait` once per channel and round; after that the
+/// channel counts as slow and its tasks are queued only where there is room, the rest deferred
+/// to the next round, so a slow or dead channel never holds up the others for longer.
+struct ChannelWorkers {
+    poller: Poller,
+    channels: HashMap<i64, Channel>,
+    queues: HashMap<i64, tokio::sync::mpsc::Sender<Vec<Task>>>,
+    slow: HashSet<i64>,
+    running: tokio::task::JoinSet<Result<RoundStats, StoreError>>,
+}
+
+impl ChannelWorkers {
+    fn new(poller: Poller, channels: HashMap<i64, Channel>) -> Self {
+        Self {
+            poller,
+            channels,
+            queues: HashMap::new(),
+            slow: HashSet::new(),
+            running: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Hands a batch to the channel workers; returns the tasks to fail at once (no `mj_id`,
+    /// channel gone or disabled).
+    async fn dispatch(&mut self, batch: Vec<Task>, stats: &mut RoundStats) -> Vec<Task> {
+        let now = now_millis();
+        stats.scanned += batch.len() as u64;
+        let mut immediate = Vec::new();
+        let mut by_channel: HashMap<i64, Vec<Task>> = HashMap::new();
+        for task in batch {
+            match precheck(&task, self.channels.get(&task.channel_id)) {
+                Some(reason) => immediate.push(fail(&task, reason, now)),
+                None => by_channel.entry(task.channel_id).or_default().push(task),
+            }
+        }
+        for (channel_id, tasks) in by_channel {
+            let slow = self.slow.contains(&channel_id);
+            let wait = self.poller.inner.config.slow_channel_wait;
+            let Some(queue) = self.queue(channel_id) else {
+                continue;
+            };
+            // Backpressure for channels that keep up; a channel whose queue stays full longer
+            // than `slow_channel_wait` is marked slow, and for the rest of the round its tasks
+            // are only queued where there is room.
+            let sent = if slow {
+                queue.try_send(tasks).map_err(|error| match error {
+                    TrySendError::Full(tasks) | TrySendError::Closed(tasks) => (tasks, false),
+                })
+            } else {
+                queue
+                    .send_timeout(tasks, wait)
+                    .await
+                    .map_err(|error| match error {
+                        SendTimeoutError::Timeout(tasks) => (tasks, true),
+                        SendTimeoutError::Closed(tasks) => (tasks, false),
+                    })
+            };
+            if let Err((tasks, now_slow)) = sent {
+                if now_slow {
+                    tracing::warn!(
+                        channel = channel_id,
+                        "poller: channel is slow; its remaining tasks wait for the next round"
+                    );
+                    self.slow.insert(channel_id);
+                }
+                stats.deferred += tasks.len() as u64;
+            }
+        }
+        immediate
+    }
+
+    fn queue(&mut self, channel_id: i64) -> Option<&tokio::sync::mpsc::Sender<Vec<Task>>> {
+        if !self.queues.contains_key(&channel_id) {
+            let channel = self.channels.get(&channel_id)?.clone();
+            let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<Task>>(CHANNEL_QUEUE);
+            let poller = self.poller.clone();
+            self.running.spawn(async move {
+                let mut stats = RoundStats::default();
+                while let Some(tasks) = receiver.recv().await {
+                    let done = poller.poll_channel(channel.clone(), tasks).await?;
+                    stats.absorb(&done);
+                }
+                Ok(stats)
+            });
+            self.queues.insert(channel_id, sender);
+        }
+        self.queues.get(&channel_id)
+    }
+
+    /// Closes the queues and waits for every worker; the first database error, if any.
+    async fn finish(mut self, stats: &mut RoundStats) -> Result<(), StoreError> {
+        self.queues.clear();
+        let mut first_error = None;
+        while let Some(joined) = self.running.join_next().await {
+            match joined {
+                Ok(Ok(channel_stats)) => stats.absorb(&channel_stats),
+                Ok(Err(error)) => {
+                    tracing::warn!(error = ?error, "poller: database error while writing");
+                    first_error.get_or_insert(error);
+                }
+                Err(error) => tracing::error!(%error, "poller: channel worker panicked"),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
