@@ -16,9 +16,9 @@ pub enum CliError {
     /// The database failed.
     #[error("{0}")]
     Store(#[from] StoreError),
-    /// Image forwarding could not be set up.
+    /// The server could not start (image forwarding or the upstream client).
     #[error("{0}")]
-    Images(#[from] crate::images::ImagesError),
+    Open(OpenError),
     /// Listening failed.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -48,7 +48,7 @@ impl From<OpenError> for CliError {
     fn from(error: OpenError) -> Self {
         match error {
             OpenError::Store(error) => Self::Store(error),
-            OpenError::Images(error) => Self::Images(error),
+            other => Self::Open(other),
         }
     }
 }

@@ -107,6 +107,18 @@ pub struct Settings {
         global = true
     )]
     pub image_cache_max_bytes: u64,
+    /// Quota price overrides per action, e.g. `IMAGINE=50000,UPSCALE=25000,*=50000` (`*`: any
+    /// action not listed); unlisted actions keep the defaults of `mj_tasks::PriceTable`.
+    #[arg(long, env = "MJ_PRICES", default_value = "", value_parser = parse_prices, global = true)]
+    pub prices: mj_tasks::PriceTable,
+    /// Timeout of each submit call to an upstream, in seconds.
+    #[arg(
+        long,
+        env = "MJ_UPSTREAM_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub upstream_timeout_secs: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or mj_tasks_server=debug.
     #[arg(long, env = "MJ_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -130,6 +142,8 @@ impl Settings {
             image_max_bytes: 52_428_800,
             image_cache_dir: None,
             image_cache_max_bytes: 1_073_741_824,
+            prices: mj_tasks::PriceTable::default(),
+            upstream_timeout_secs: 60,
             log: "info".to_owned(),
         }
     }
@@ -171,9 +185,15 @@ impl fmt::Debug for Settings {
             .field("image_max_bytes", &self.image_max_bytes)
             .field("image_cache_dir", &self.image_cache_dir)
             .field("image_cache_max_bytes", &self.image_cache_max_bytes)
+            .field("prices", &self.prices)
+            .field("upstream_timeout_secs", &self.upstream_timeout_secs)
             .field("log", &self.log)
             .finish()
     }
+}
+
+fn parse_prices(text: &str) -> Result<mj_tasks::PriceTable, mj_tasks::billing::PriceError> {
+    mj_tasks::PriceTable::with_overrides(text)
 }
 
 /// Subcommands.

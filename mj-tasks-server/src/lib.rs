@@ -7,12 +7,16 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod images;
+pub mod ledger;
 pub mod users;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use mj_tasks::{ChannelStore, SqlStore, StoreError, Task, TaskStore};
+use mj_tasks::{
+    Backend, ChannelStore, PollStore, Poller, PollerConfig, PollerDeps, PollerHandle, QuotaLedger,
+    SqlPollStore, SqlStore, StoreError, Task, TaskStore, UpstreamClient, UpstreamError,
+};
 use tokio::net::TcpListener;
 
 pub use config::{Cli, Settings};
@@ -30,6 +34,12 @@ pub struct App {
     pub store: SqlStore,
     /// Settings the server was started with.
     pub settings: Arc<Settings>,
+    /// The quota ledger (users' balances): reservations, releases, refunds.
+    pub ledger: Arc<dyn QuotaLedger>,
+    /// The poller's store (outcome writes with refunds, the lease).
+    pub poll_store: Arc<dyn PollStore>,
+    /// The client relays submit with (timeout `--upstream-timeout-secs`).
+    pub upstream: UpstreamClient,
     /// Image forwarding: URL signer, upstream fetcher, disk cache.
     pub images: Arc<images::Images>,
 }
@@ -43,6 +53,9 @@ pub enum OpenError {
     /// Image forwarding could not be set up.
     #[error("{0}")]
     Images(#[from] images::ImagesError),
+    /// The upstream HTTP client could not be built.
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Upstream(#[from] UpstreamError),
 }
 
 impl App {
@@ -54,12 +67,19 @@ impl App {
         let store = mj_tasks::connect(&settings.database_url).await?;
         let users = users::open_user_store(&store).await?;
         let images = images::Images::open(&settings, &store).await?;
+        let ledger = ledger::open_ledger(&store)?;
+        let poll_store = Arc::new(SqlPollStore::new(store.clone(), ledger.clone()));
+        let timeout = std::time::Duration::from_secs(settings.upstream_timeout_secs.max(1));
+        let upstream = UpstreamClient::new(timeout)?;
         Ok(Self {
             tasks: store.tasks(),
             channels: store.channels(),
             users,
-            store,
             settings: Arc::new(settings),
+            ledger,
+            poll_store,
+            upstream,
+            store,
             images: Arc::new(images),
         })
     }
@@ -70,6 +90,38 @@ impl App {
     pub fn present_image_url(&self, task: &Task) -> String {
         self.images.present(task)
     }
+
+    /// The poller configured by the settings (`None` when `--poll-interval-secs` is 0). Several
+    /// instances on PostgreSQL or MariaDB share the work through the database lease.
+    pub fn poller(&self) -> Option<Poller> {
+        if self.settings.poll_interval_secs == 0 {
+            return None;
+        }
+        let config = PollerConfig {
+            interval: std::time::Duration::from_secs(self.settings.poll_interval_secs),
+            task_timeout: std::time::Duration::from_secs(self.settings.task_timeout_secs),
+            use_lease: self.store.backend() != Backend::Sqlite,
+            // SQLite has a single writer: queue in the poller, not in SQLite's busy handler.
+            write_concurrency: if self.store.backend() == Backend::Sqlite {
+                1
+            } else {
+                16
+            },
+            ..PollerConfig::default()
+        };
+        let deps = PollerDeps {
+            tasks: self.tasks.clone(),
+            channels: self.channels.clone(),
+            store: self.poll_store.clone(),
+        };
+        match Poller::new(deps, config) {
+            Ok(poller) => Some(poller),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the poller");
+                None
+            }
+        }
+    }
 }
 
 /// Serves the routes on `listener` until `shutdown` completes; in-flight requests finish, then
@@ -79,11 +131,15 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let store = app.store.clone();
+    let poller: Option<PollerHandle> = app.poller().map(Poller::spawn);
     warp::serve(http::routes(app))
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
+    if let Some(poller) = poller {
+        poller.stop().await;
+    }
     store.close().await;
 }
 

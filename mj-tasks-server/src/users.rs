@@ -163,7 +163,7 @@ impl From<UserRow> for User {
 /// [`UserStore`] over the same pool as the task store.
 #[derive(Debug, Clone)]
 pub struct SqlUserStore<P> {
-    pool: P,
+    pub(crate) pool: P,
 }
 
 /// One body for the three dialects: every statement here is portable SQL with bound values.

@@ -21,26 +21,36 @@
 //! # }).unwrap();
 //! ```
 //!
+//! Around the store: [`upstream`], a typed client for midjourney-proxy channels that tolerates
+//! the real upstream's quirks; [`poller`], the background poller (bounded batches, channels
+//! polled concurrently, compare-and-swap writes, deadlines, a database lease for several
+//! instances); and [`billing`], prices per action and the [`QuotaLedger`] through which a
+//! failed task is refunded exactly once, in the transaction that records the failure.
+//!
 //! ## Features
 //! - `sqlite` (default), `postgres`, `mysql`: the backends.
-//! - `image-proxy`: the streaming image fetcher and disk cache of [`image`] (reqwest, rustls).
 //! - `mock`: `MockTaskStore` and `MockChannelStore` (mockall) for tests of code using the traits.
 #![warn(missing_docs)]
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 compile_error!("mj-tasks needs at least one backend feature: sqlite, postgres or mysql");
 
+pub mod billing;
 pub mod channel;
 pub mod image;
 pub mod model;
+pub mod poller;
 pub mod query;
 pub mod store;
 pub mod synthetic;
+pub mod upstream;
 
+pub use billing::{LedgerConn, PriceTable, QuotaLedger, Refund};
 pub use channel::{Channel, NewChannel};
 pub use model::{
     AdminTaskView, NewTask, Progress, Task, TaskAction, TaskStatus, UserTaskView, now_millis,
 };
+pub use poller::{Poller, PollerConfig, PollerDeps, PollerHandle, RoundStats};
 pub use query::{Audience, Page, PageRequest, QueryError, TaskQuery, parse_list_query};
 #[cfg(feature = "mysql")]
 pub use store::MySqlTaskStore;
@@ -48,9 +58,13 @@ pub use store::MySqlTaskStore;
 pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
-pub use store::{Backend, ChannelStore, SettingStore, SqlStore, StoreError, TaskStore, connect};
+pub use store::{
+    Backend, ChannelStore, PollStore, SettingStore, SqlPollStore, SqlStore, StoreError, TaskStore,
+    WriteOutcome, connect,
+};
 #[cfg(any(test, feature = "mock"))]
-pub use store::{MockChannelStore, MockSettingStore, MockTaskStore};
+pub use store::{MockChannelStore, MockPollStore, MockSettingStore, MockTaskStore};
+pub use upstream::{SubmitKind, UpstreamClient, UpstreamError};
 
 /// The sqlx version this crate is built with, so that pools built by an embedding application
 /// match ([`SqliteTaskStore::from_pool`] and friends).

@@ -428,6 +428,14 @@ async fn migrations_are_idempotent_and_schemas_match(store: &SqlStore, db: &Test
         db.columns("mj_channels").await,
         ["base_url", "created_at", "enabled", "id", "name", "secret"]
     );
+    assert_eq!(
+        db.columns("mj_leases").await,
+        ["expires_at", "holder", "name"]
+    );
+    assert_eq!(
+        db.columns("mj_refunds").await,
+        ["amount", "refunded_at", "task_id", "user_id"]
+    );
     store.tasks().ping().await.unwrap();
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod image;
+pub mod relay;
 
 use std::convert::Infallible;
 
@@ -44,6 +45,8 @@ pub fn routes(
         .and(with_app(app.clone()))
         .and_then(image::serve_image);
 
+    let relay = relay_routes(app.clone());
+
     let health = warp::path!("healthz")
         .and(warp::get())
         .and(with_app(app))
@@ -57,9 +60,38 @@ pub fn routes(
         .unify()
         .or(image)
         .unify()
+        .or(relay)
+        .unify()
         .recover(error::handle_rejection)
         .unify()
         .with(warp::log::custom(log_request))
+}
+
+/// Largest relay request body (submits carry base64 images).
+const RELAY_BODY_LIMIT: u64 = 32 * 1024 * 1024;
+
+/// The midjourney-proxy compatible routes (see [`relay`]).
+fn relay_routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let submit = warp::path!("mj" / "submit" / String)
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(RELAY_BODY_LIMIT))
+        .and(warp::body::bytes())
+        .and(with_app(app.clone()))
+        .and_then(relay::submit);
+    let fetch = warp::path!("mj" / "task" / String / "fetch")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(with_app(app.clone()))
+        .and_then(relay::fetch);
+    let list = warp::path!("mj" / "task" / "list-by-condition")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::bytes())
+        .and(with_app(app))
+        .and_then(relay::list_by_condition);
+    submit.or(fetch).unify().or(list).unify().boxed()
 }
 
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {

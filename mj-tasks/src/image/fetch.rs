@@ -334,7 +334,7 @@ impl fmt::Debug for FetchedImage {
 ///
 /// reqwest is built with `rustls-no-provider` (to match sqlx's `tls-rustls-ring`), so building
 /// any `reqwest::Client` in the process panics until a provider is installed: call this first.
-/// [`ImageFetcher::new`] calls it too.
+/// [`ImageFetcher::new`] and [`UpstreamClient::new`](crate::UpstreamClient::new) call it too.
 pub fn install_crypto_provider() {
     // Err means another provider is already installed, which is just as good.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,20 +1,16 @@
-//! Image URL forwarding: signed, owner-bound image URLs ([`ImageUrlSigner`]) and, with the
-//! `image-proxy` feature, the pieces of a streaming image proxy that is safe to expose
+//! Image URL forwarding: signed, owner-bound image URLs ([`ImageUrlSigner`]) and the
+//! pieces of a streaming image proxy that is safe to expose
 //! ([`ImageFetcher`]: SSRF-checked, time- and size-bounded; [`ImageCache`]: finished images on
 //! local disk). No web framework here: the fetcher yields a status, headers and a byte stream,
 //! and the embedding server turns them into its own response type.
 
-#[cfg(feature = "image-proxy")]
 mod cache;
-#[cfg(feature = "image-proxy")]
 mod fetch;
 mod signer;
 
-#[cfg(feature = "image-proxy")]
 pub use cache::{
     CacheConfig, CacheEntry, CacheError, CacheFill, ImageCache, RangeAnswer, cache_key,
 };
-#[cfg(feature = "image-proxy")]
 pub use fetch::{
     FetchConfig, FetchedImage, ImageFetchError, ImageFetcher, ImageStream, REQUEST_HEADERS,
     RESPONSE_HEADERS, install_crypto_provider, is_public_ip,

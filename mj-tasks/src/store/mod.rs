@@ -19,6 +19,7 @@ mod sql;
 mod settings;
 #[cfg(feature = "mysql")]
 mod mysql;
+pub mod poll;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -26,6 +27,9 @@ mod sqlite;
 
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlTaskStore;
+#[cfg(any(test, feature = "mock"))]
+pub use poll::MockPollStore;
+pub use poll::{PollStore, SqlPollStore, WriteOutcome};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresTaskStore;
 #[cfg(feature = "sqlite")]

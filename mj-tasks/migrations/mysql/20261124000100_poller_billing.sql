@@ -1,0 +1,17 @@
+-- Poller lease: one row per lease name; the holder renews `expires_at` (epoch ms) every round and
+-- another instance takes the row over only once it has expired.
+CREATE TABLE mj_leases (
+    name       VARCHAR(191) NOT NULL PRIMARY KEY,
+    holder     VARCHAR(191) NOT NULL,
+    expires_at BIGINT       NOT NULL
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+INSERT INTO mj_leases (name, holder, expires_at) VALUES ('mj_poller', '', 0);
+
+-- Refunds: at most one row per task (primary key), written in the same transaction as the
+-- status change to FAILURE and the ledger credit, so a charge is returned exactly once.
+CREATE TABLE mj_refunds (
+    task_id     BIGINT NOT NULL PRIMARY KEY,
+    user_id     BIGINT NOT NULL,
+    amount      BIGINT NOT NULL,
+    refunded_at BIGINT NOT NULL
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
