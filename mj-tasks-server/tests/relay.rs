@@ -210,7 +210,11 @@ async fn submit_poll_success(kind: Kind) {
     assert_eq!(status, 200);
     assert_eq!(fetched["id"], mj_id.as_str());
     assert_eq!(fetched["status"], "SUCCESS");
-    assert_eq!(fetched["imageUrl"], format!("https://cdn.fake/{mj_id}.png"));
+    // Forwarding is on by default: the upstream address stays hidden behind a signed URL.
+    let image_url = fetched["imageUrl"].as_str().unwrap();
+    let forwarded = format!("{}/mj/image/{mj_id}?", env.app.settings.public_base_url());
+    assert!(image_url.starts_with(&forwarded), "{image_url}");
+    assert!(!image_url.contains("cdn.fake"));
     assert_eq!(fetched["submitTime"], submit_time);
     assert!(fetched["buttons"].is_array() && fetched["properties"].is_object());
     let (status, listed) = request(
@@ -223,6 +227,7 @@ async fn submit_poll_success(kind: Kind) {
     .await;
     assert_eq!(status, 200);
     assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["imageUrl"], fetched["imageUrl"]);
 
     // A finished task is never read again: further rounds ask nothing.
     let calls = env.fake.list_calls();
