@@ -63,16 +63,8 @@ impl ApiError {
     /// Maps a store failure: unreachable database → 503, anything else → 500. The database's
     /// own text goes to the log only.
     pub fn store(error: StoreError) -> Self {
-        if error.is_unavailable() {
-            tracing::warn!(error = ?error, "database unavailable");
-            Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The database is unavailable; try again later.",
-            )
-        } else {
-            tracing::error!(error = ?error, "store error");
-            Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.")
-        }
+        let (status, message) = store_failure(&error);
+        Self::new(status, message)
     }
 }
 
@@ -133,4 +125,19 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<warp::reply::Respo
         )
     };
     Ok(error_reply(status, &message))
+}
+
+/// Logs a store failure and says how to answer it, for every route family: an unreachable
+/// database is a 503, anything else a 500; the database's own text goes to the log only.
+pub fn store_failure(error: &StoreError) -> (StatusCode, &'static str) {
+    if error.is_unavailable() {
+        tracing::warn!(error = ?error, "database unavailable");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The database is unavailable; try again later.",
+        )
+    } else {
+        tracing::error!(error = ?error, "store error");
+        (StatusCode::INTERNAL_SERVER_ERROR, "Internal error.")
+    }
 }

@@ -48,17 +48,8 @@ impl RelayError {
     }
 
     fn store(error: mj_tasks::StoreError) -> Self {
-        if error.is_unavailable() {
-            tracing::warn!(error = ?error, "database unavailable");
-            Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                5,
-                "The database is unavailable; try again later.",
-            )
-        } else {
-            tracing::error!(error = ?error, "store error");
-            Self::new(StatusCode::INTERNAL_SERVER_ERROR, 5, "Internal error.")
-        }
+        let (status, message) = crate::http::error::store_failure(&error);
+        Self::new(status, 5, message)
     }
 
     fn into_response(self) -> warp::reply::Response {

@@ -200,41 +200,35 @@ pub enum SqlStore {
     MySql(MySqlTaskStore),
 }
 
+/// The backend store of a [`SqlStore`] behind an `Arc` of whichever trait object the caller
+/// returns (each backend type implements every store trait).
+macro_rules! shared_backend {
+    ($store:expr) => {
+        match $store {
+            #[cfg(feature = "sqlite")]
+            SqlStore::Sqlite(store) => Arc::new(store.clone()),
+            #[cfg(feature = "postgres")]
+            SqlStore::Postgres(store) => Arc::new(store.clone()),
+            #[cfg(feature = "mysql")]
+            SqlStore::MySql(store) => Arc::new(store.clone()),
+        }
+    };
+}
+
 impl SqlStore {
     /// The store as a task store.
     pub fn tasks(&self) -> Arc<dyn TaskStore> {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(store) => Arc::new(store.clone()),
-            #[cfg(feature = "postgres")]
-            Self::Postgres(store) => Arc::new(store.clone()),
-            #[cfg(feature = "mysql")]
-            Self::MySql(store) => Arc::new(store.clone()),
-        }
+        shared_backend!(self)
     }
 
     /// The store as a channel store.
     pub fn channels(&self) -> Arc<dyn ChannelStore> {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(store) => Arc::new(store.clone()),
-            #[cfg(feature = "postgres")]
-            Self::Postgres(store) => Arc::new(store.clone()),
-            #[cfg(feature = "mysql")]
-            Self::MySql(store) => Arc::new(store.clone()),
-        }
+        shared_backend!(self)
     }
 
     /// The store as a setting store.
     pub fn settings(&self) -> Arc<dyn SettingStore> {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(store) => Arc::new(store.clone()),
-            #[cfg(feature = "postgres")]
-            Self::Postgres(store) => Arc::new(store.clone()),
-            #[cfg(feature = "mysql")]
-            Self::MySql(store) => Arc::new(store.clone()),
-        }
+        shared_backend!(self)
     }
 
     /// Which database this is.
