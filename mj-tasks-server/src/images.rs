@@ -1,6 +1,5 @@
 //! Image forwarding wiring: the library's signer, fetcher and cache, built from the settings.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +29,9 @@ pub enum ImagesError {
     Cache(#[from] CacheError),
 }
 
-/// What `GET /mj/image/...` and the `image_url` rewriting need.
+/// What `GET /mj/image/...` and the `image_url` rewriting need (the signer's `Debug` hides
+/// the key).
+#[derive(Debug)]
 pub struct Images {
     /// Signs and verifies image URLs.
     pub signer: ImageUrlSigner,
@@ -42,18 +43,6 @@ pub struct Images {
     pub base_url: String,
     /// Whether `image_url`s are rewritten (`--forward-images`).
     pub forward: bool,
-}
-
-impl fmt::Debug for Images {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Images")
-            .field("signer", &self.signer)
-            .field("fetcher", &self.fetcher)
-            .field("cache", &self.cache)
-            .field("base_url", &self.base_url)
-            .field("forward", &self.forward)
-            .finish()
-    }
 }
 
 impl Images {

@@ -11,21 +11,29 @@ use mj_tasks::{LedgerConn, QuotaLedger, Refund, SqlStore, StoreError};
 
 use crate::users::SqlUserStore;
 
-/// One body for the three dialects.
-macro_rules! impl_ledger {
-    ($db:ty) => {
-        impl SqlUserStore<sqlx::Pool<$db>> {
-            fn credit_query(user_id: i64, amount: i64) -> sqlx::QueryBuilder<$db> {
-                let mut builder =
-                    sqlx::QueryBuilder::<$db>::new("UPDATE mj_users SET quota = quota + ");
-                builder
-                    .push_bind(amount)
-                    .push(" WHERE id = ")
-                    .push_bind(user_id);
-                builder
-            }
+/// `UPDATE mj_users SET quota = quota + amount WHERE id = user_id`.
+fn credit_query<DB>(user_id: i64, amount: i64) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut builder = sqlx::QueryBuilder::<DB>::new("UPDATE mj_users SET quota = quota + ");
+    builder
+        .push_bind(amount)
+        .push(" WHERE id = ")
+        .push_bind(user_id);
+    builder
+}
 
-            async fn reserve_quota(&self, user_id: i64, amount: i64) -> Result<bool, StoreError> {
+/// One body for the three dialects; `$conn` is the matching [`LedgerConn`] variant.
+macro_rules! impl_ledger {
+    ($db:ty, $conn:path) => {
+        #[async_trait]
+        impl QuotaLedger for SqlUserStore<sqlx::Pool<$db>> {
+            async fn reserve(&self, user_id: i64, amount: i64) -> Result<bool, StoreError> {
+                if amount <= 0 {
+                    return Ok(true);
+                }
                 let mut builder =
                     sqlx::QueryBuilder::<$db>::new("UPDATE mj_users SET quota = quota - ");
                 builder
@@ -38,10 +46,31 @@ macro_rules! impl_ledger {
                 Ok(result.rows_affected() == 1)
             }
 
-            async fn release_quota(&self, user_id: i64, amount: i64) -> Result<(), StoreError> {
-                Self::credit_query(user_id, amount)
+            async fn release(&self, user_id: i64, amount: i64) -> Result<(), StoreError> {
+                if amount <= 0 {
+                    return Ok(());
+                }
+                credit_query::<$db>(user_id, amount)
                     .build()
                     .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn refund_in(
+                &self,
+                conn: LedgerConn<'_>,
+                refund: Refund,
+            ) -> Result<(), StoreError> {
+                // The poll store hands over a connection of its own database, which is ours.
+                let $conn(conn) = conn else {
+                    return Err(StoreError::UnsupportedUrl(
+                        "refund on a connection of another database".to_owned(),
+                    ));
+                };
+                credit_query::<$db>(refund.user_id, refund.amount)
+                    .build()
+                    .execute(conn)
                     .await?;
                 Ok(())
             }
@@ -49,87 +78,23 @@ macro_rules! impl_ledger {
     };
 }
 
-impl_ledger!(sqlx::Sqlite);
-impl_ledger!(sqlx::Postgres);
-impl_ledger!(sqlx::MySql);
-
-/// The ledger over one backend's pool.
-enum Backend {
-    Sqlite(SqlUserStore<sqlx::SqlitePool>),
-    Postgres(SqlUserStore<sqlx::PgPool>),
-    MySql(SqlUserStore<sqlx::MySqlPool>),
-}
-
-/// [`QuotaLedger`] on the users table.
-pub struct UserLedger(Backend);
+impl_ledger!(sqlx::Sqlite, LedgerConn::Sqlite);
+impl_ledger!(sqlx::Postgres, LedgerConn::Postgres);
+impl_ledger!(sqlx::MySql, LedgerConn::MySql);
 
 /// The ledger of the store's database (the users table must exist: see
 /// [`crate::users::open_user_store`]).
 pub fn open_ledger(store: &SqlStore) -> Result<Arc<dyn QuotaLedger>, StoreError> {
-    let backend = match store {
-        SqlStore::Sqlite(s) => Backend::Sqlite(SqlUserStore {
+    Ok(match store {
+        SqlStore::Sqlite(s) => Arc::new(SqlUserStore {
             pool: s.pool().clone(),
         }),
-        SqlStore::Postgres(s) => Backend::Postgres(SqlUserStore {
+        SqlStore::Postgres(s) => Arc::new(SqlUserStore {
             pool: s.pool().clone(),
         }),
-        SqlStore::MySql(s) => Backend::MySql(SqlUserStore {
+        SqlStore::MySql(s) => Arc::new(SqlUserStore {
             pool: s.pool().clone(),
         }),
         _ => return Err(StoreError::UnsupportedUrl("unknown backend".to_owned())),
-    };
-    Ok(Arc::new(UserLedger(backend)))
-}
-
-#[async_trait]
-impl QuotaLedger for UserLedger {
-    async fn reserve(&self, user_id: i64, amount: i64) -> Result<bool, StoreError> {
-        if amount <= 0 {
-            return Ok(true);
-        }
-        match &self.0 {
-            Backend::Sqlite(s) => s.reserve_quota(user_id, amount).await,
-            Backend::Postgres(s) => s.reserve_quota(user_id, amount).await,
-            Backend::MySql(s) => s.reserve_quota(user_id, amount).await,
-        }
-    }
-
-    async fn release(&self, user_id: i64, amount: i64) -> Result<(), StoreError> {
-        if amount <= 0 {
-            return Ok(());
-        }
-        match &self.0 {
-            Backend::Sqlite(s) => s.release_quota(user_id, amount).await,
-            Backend::Postgres(s) => s.release_quota(user_id, amount).await,
-            Backend::MySql(s) => s.release_quota(user_id, amount).await,
-        }
-    }
-
-    async fn refund_in(&self, conn: LedgerConn<'_>, refund: Refund) -> Result<(), StoreError> {
-        let Refund {
-            user_id, amount, ..
-        } = refund;
-        match conn {
-            LedgerConn::Sqlite(conn) => {
-                SqlUserStore::<sqlx::SqlitePool>::credit_query(user_id, amount)
-                    .build()
-                    .execute(conn)
-                    .await?;
-            }
-            LedgerConn::Postgres(conn) => {
-                SqlUserStore::<sqlx::PgPool>::credit_query(user_id, amount)
-                    .build()
-                    .execute(conn)
-                    .await?;
-            }
-            LedgerConn::MySql(conn) => {
-                SqlUserStore::<sqlx::MySqlPool>::credit_query(user_id, amount)
-                    .build()
-                    .execute(conn)
-                    .await?;
-            }
-            _ => return Err(StoreError::UnsupportedUrl("unknown backend".to_owned())),
-        }
-        Ok(())
-    }
+    })
 }

@@ -67,7 +67,7 @@ pub async fn authenticate(
 }
 
 /// `Bearer <t>` (any case) or a bare `<t>`.
-fn strip_bearer(value: &str) -> &str {
+pub(crate) fn strip_bearer(value: &str) -> &str {
     let value = value.trim();
     match value.get(..7) {
         Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => value[7..].trim(),

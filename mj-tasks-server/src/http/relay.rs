@@ -83,12 +83,7 @@ async fn relay_user(app: &App, headers: &HeaderMap) -> Result<User, RelayError> 
             .filter(|value| !value.is_empty())
     };
     let token = header("mj-api-secret")
-        .or_else(|| {
-            header("authorization").map(|value| match value.get(..7) {
-                Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => value[7..].trim(),
-                _ => value,
-            })
-        })
+        .or_else(|| header("authorization").map(crate::http::auth::strip_bearer))
         .filter(|token| !token.is_empty())
         .ok_or_else(|| {
             RelayError::new(
