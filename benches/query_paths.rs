@@ -20,13 +20,15 @@
 //!    (the public API: `list` = exact count + page, `find_by_mj_id`, `list_unfinished`) and
 //!    `anchor` (new-api's SQL through raw sqlx: the page `SELECT * ... ORDER BY id DESC LIMIT ?
 //!    OFFSET ?`, then the separate `SELECT COUNT(*)` with the same `WHERE`, rows decoded into a
-//!    struct of every column as GORM does). Both sides go through sqlx's cached prepared
-//!    statements, as new-api's GORM config does (`PrepareStmt: true`). Then an own loop runs both
-//!    sides interleaved (order alternating per round) and prints, per backend,
-//!    `path | ours | anchor | anchor/ours` with medians, also written to
+//!    struct of every column as GORM does). The anchor goes through sqlx's cached prepared
+//!    statements, as new-api's GORM config does (`PrepareStmt: true`); ours through whatever the
+//!    store does. Then an own loop runs both sides interleaved (order alternating per round) and
+//!    prints, per backend, `path | ours | anchor | anchor/ours | ours faster in | target` with
+//!    medians, the rounds ours won and a sign test for ties, also written to
 //!    `<target dir>/query_paths_<backend>.md`.
 //!
-//! Run with `cargo bench --bench query_paths`. Under `cargo test --benches` (criterion's test
+//! Run with `cargo bench --bench query_paths`; `MJ_BENCH_BACKENDS=mysql` (or any comma-separated
+//! list of `sqlite`, `postgres`, `mysql`) measures only those backends. Under `cargo test --benches` (criterion's test
 //! mode) it runs once on 3,000 tasks as a smoke test of the same checks.
 
 use std::future::Future;
@@ -58,8 +60,10 @@ const TEST_MODE_TASKS: u64 = 3_000;
 const SEED_CHUNK: u64 = 20_000;
 /// The page size of every list path (new-api's UI default).
 const PAGE_SIZE: u32 = 20;
-/// The poller's batch: `list_unfinished(0, UNFINISHED_BATCH)`.
-const UNFINISHED_BATCH: u32 = 500;
+/// The poller's batch size (its default, as `serve` runs it).
+fn unfinished_batch() -> u32 {
+    mj_tasks::PollerConfig::default().batch_size
+}
 
 const HEAVY_USER: i64 = 1;
 const LIGHT_USERS_FROM: i64 = 100;
@@ -127,6 +131,8 @@ struct Config {
     budget: Duration,
     min_rounds: usize,
     max_rounds: usize,
+    /// Backends named in `MJ_BENCH_BACKENDS` (comma-separated labels); `None` runs them all.
+    backends: Option<Vec<String>>,
 }
 
 impl Config {
@@ -149,7 +155,20 @@ impl Config {
             budget: Duration::from_secs(if test_mode { 0 } else { 4 }),
             min_rounds: if test_mode { 1 } else { 7 },
             max_rounds: if test_mode { 1 } else { 201 },
+            backends: std::env::var("MJ_BENCH_BACKENDS").ok().map(|list| {
+                list.split(',')
+                    .map(|name| name.trim().to_ascii_lowercase())
+                    .filter(|name| !name.is_empty())
+                    .collect()
+            }),
         }
+    }
+
+    /// Whether the backend labelled `label` is to be measured.
+    fn runs(&self, label: &str) -> bool {
+        self.backends
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|name| name == label))
     }
 }
 
@@ -217,9 +236,9 @@ enum Op {
     List { query: TaskQuery, page: u64 },
     /// `find_by_mj_id`.
     FindByMjId { mj_id: String, owner: Option<i64> },
-    /// One poller batch: `list_unfinished(0, UNFINISHED_BATCH)`.
+    /// One poller batch: `list_unfinished(0, unfinished_batch())`.
     UnfinishedBatch,
-    /// The poller's whole walk: batches of `UNFINISHED_BATCH` until a short one.
+    /// The poller's whole walk: batches of `unfinished_batch()` until a short one.
     UnfinishedAll,
 }
 
@@ -387,7 +406,7 @@ async fn run_ours(tasks: &dyn TaskStore, op: &Op) -> Outcome {
         }
         Op::UnfinishedBatch => {
             let batch = tasks
-                .list_unfinished(0, UNFINISHED_BATCH)
+                .list_unfinished(0, unfinished_batch())
                 .await
                 .expect("ours: list_unfinished");
             let ids: Vec<i64> = batch.iter().map(|t| t.id).collect();
@@ -401,12 +420,12 @@ async fn run_ours(tasks: &dyn TaskStore, op: &Op) -> Outcome {
             let mut after = 0;
             loop {
                 let batch = tasks
-                    .list_unfinished(after, UNFINISHED_BATCH)
+                    .list_unfinished(after, unfinished_batch())
                     .await
                     .expect("ours: list_unfinished");
                 ids.extend(batch.iter().map(|t| t.id));
                 match batch.last() {
-                    Some(last) if batch.len() == UNFINISHED_BATCH as usize => after = last.id,
+                    Some(last) if batch.len() == unfinished_batch() as usize => after = last.id,
                     _ => break,
                 }
             }
@@ -445,7 +464,7 @@ fn check_same_answer(path: &QueryPath, ours: &Outcome, anchor: &Outcome) {
             let mut ids = anchor.ids.clone();
             ids.sort_unstable();
             if matches!(path.ours, Op::UnfinishedBatch) {
-                ids.truncate(UNFINISHED_BATCH as usize);
+                ids.truncate(unfinished_batch() as usize);
             }
             Outcome {
                 total: ids.len() as u64,
@@ -677,7 +696,10 @@ impl Bed {
             )
         };
         paths.push(QueryPath {
-            name: format!("unfinished scan (ours: one batch of {UNFINISHED_BATCH})"),
+            name: format!(
+                "unfinished scan (ours: one batch of {})",
+                unfinished_batch()
+            ),
             slug: "unfinished_batch".to_owned(),
             target: Target::AtLeast20x,
             ours: Op::UnfinishedBatch,
@@ -785,6 +807,10 @@ async fn set_up(kind: Kind, config: &Config) -> Option<Bed> {
         Kind::Postgres => "postgres",
         Kind::MySql => "mysql",
     };
+    if !config.runs(label) {
+        eprintln!("[{label}] skipped: not in MJ_BENCH_BACKENDS");
+        return None;
+    }
     let db = TestDb::open(kind).await?;
     let url = db.url().to_owned();
 
@@ -953,9 +979,35 @@ fn median(samples: &mut [Duration]) -> Duration {
     }
 }
 
+/// Both sides of one path, measured interleaved.
+struct SideBySide {
+    ours: Duration,
+    anchor: Duration,
+    rounds: usize,
+    /// Rounds in which ours was faster than the anchor run next to it.
+    ours_faster: usize,
+}
+
+impl SideBySide {
+    /// Two-sided sign test over the paired rounds: the chance of a split at least this uneven
+    /// if neither side were faster. Large values mean the medians differ by noise only.
+    fn sign_test_p(&self) -> f64 {
+        let n = self.rounds;
+        let fewer = self.ours_faster.min(n - self.ours_faster);
+        // Binomial(n, 1/2) probabilities, built up term by term (0.5^201 still fits an f64).
+        let mut term = 0.5f64.powi(i32::try_from(n).unwrap_or(i32::MAX));
+        let mut tail = 0.0;
+        for i in 0..=fewer {
+            tail += term;
+            term *= (n - i) as f64 / (i + 1) as f64;
+        }
+        (2.0 * tail).min(1.0)
+    }
+}
+
 /// Both sides of a path, interleaved (the order alternates every round): medians of ours and
-/// of the anchor, and the number of rounds.
-async fn side_by_side(bed: &Bed, path: &QueryPath, config: &Config) -> (Duration, Duration, usize) {
+/// of the anchor, and how often ours won its round.
+async fn side_by_side(bed: &Bed, path: &QueryPath, config: &Config) -> SideBySide {
     let mut ours = Vec::new();
     let mut anchor = Vec::new();
     let started = Instant::now();
@@ -972,7 +1024,13 @@ async fn side_by_side(bed: &Bed, path: &QueryPath, config: &Config) -> (Duration
         }
         round += 1;
     }
-    (median(&mut ours), median(&mut anchor), round)
+    let ours_faster = ours.iter().zip(&anchor).filter(|(o, a)| o < a).count();
+    SideBySide {
+        ours: median(&mut ours),
+        anchor: median(&mut anchor),
+        rounds: round,
+        ours_faster,
+    }
 }
 
 fn show(duration: Duration) -> String {
@@ -1049,33 +1107,50 @@ fn bench_backend(
         group.finish();
     }
 
+    // The floor under every path: one statement's round trip through our pool.
+    let round_trip = runtime.block_on(async {
+        let mut samples = Vec::new();
+        for _ in 0..if config.test_mode { 1 } else { 201 } {
+            let started = Instant::now();
+            bed.tasks.ping().await.expect("ours: ping");
+            samples.push(started.elapsed());
+        }
+        median(&mut samples)
+    });
     let mut table = format!(
         "### {label}: {} tasks (heavy user {}), seeded in {:.1} s, anchor copied + indexed + \
-         analyzed in {:.1} s\n\n{}\n\n\
-         | path | ours (median) | anchor (median) | anchor/ours | target | rounds |\n\
-         |---|---:|---:|---:|---|---:|\n",
+         analyzed in {:.1} s\n\n{}; one round trip (`SELECT 1` through the pool, median): {}\n\n\
+         | path | ours (median) | anchor (median) | anchor/ours | ours faster in | target |\n\
+         |---|---:|---:|---:|---:|---|\n",
         thousands(config.tasks),
         thousands(bed.heavy_total),
         bed.seed_time.as_secs_f64(),
         bed.copy_time.as_secs_f64(),
         bed.server,
+        show(round_trip),
     );
     for path in &paths {
-        let (ours, anchor, rounds) = runtime.block_on(side_by_side(&bed, path, config));
-        let ratio = anchor.as_secs_f64() / ours.as_secs_f64().max(1e-9);
+        let measured = runtime.block_on(side_by_side(&bed, path, config));
+        let ratio = measured.anchor.as_secs_f64() / measured.ours.as_secs_f64().max(1e-9);
         let wanted = path.target.ratio();
+        let p = measured.sign_test_p();
         let verdict = if config.test_mode {
-            "(test mode)"
+            "(test mode)".to_owned()
         } else if ratio >= wanted {
-            "held"
+            "held".to_owned()
+        } else if matches!(path.target, Target::NotSlower) && p >= 0.05 {
+            // "Not slower": a median below 1x that the paired rounds cannot tell from noise.
+            format!("held (tie, sign test p = {p:.2})")
         } else {
-            "MISSED"
+            "MISSED".to_owned()
         };
         table.push_str(&format!(
-            "| {} | {} | {} | {ratio:.1}x | ≥{wanted:.0}x {verdict} | {rounds} |\n",
+            "| {} | {} | {} | {ratio:.1}x | {}/{} | ≥{wanted:.0}x {verdict} |\n",
             path.name,
-            show(ours),
-            show(anchor),
+            show(measured.ours),
+            show(measured.anchor),
+            measured.ours_faster,
+            measured.rounds,
         ));
     }
     runtime.block_on(bed.close());

@@ -3,7 +3,9 @@
 //! Deterministic for a given seed (a SplitMix64 stream; no `rand` dependency), fast enough to
 //! generate millions of rows, and shaped like real traffic: submit times rising with the id,
 //! mostly finished tasks with upstream-style image URLs, buttons and properties, a few failures
-//! and a thin tail of unfinished recent tasks.
+//! and a small share of unfinished tasks. The unfinished ones are spread over the whole period
+//! rather than kept to the last hour, where a live poller would hold them: the pessimistic case
+//! for anything that reads them, as each is a cold row of its own.
 
 use crate::model::{NewTask, Progress, TaskAction, TaskStatus};
 

@@ -255,6 +255,112 @@ async fn filters_alone_and_combined(store: &SqlStore, _: &TestDb) {
     assert_eq!(tiled, ids(&full));
 }
 
+/// Filter values are data, never SQL: quotes, backslashes, comment markers, wildcards and
+/// non-ASCII text match exactly one row each, in totals as in pages (MySQL sends its totals as
+/// text with the values inlined, so this is its injection test).
+async fn hostile_filter_values(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    let hostile = [
+        "it's",
+        "a\\'b",
+        "x' OR '1'='1",
+        "-- comment",
+        "/* c */ 1",
+        "100%",
+        "_",
+        "龍🐉 ünïcode",
+        "\"quoted\"",
+        "",
+    ];
+    let batch: Vec<NewTask> = hostile
+        .iter()
+        .enumerate()
+        .map(|(n, mj_id)| NewTask {
+            mj_id: (*mj_id).to_owned(),
+            status: TaskStatus::Other((*mj_id).to_owned()),
+            action: TaskAction::from((*mj_id).to_owned()),
+            ..task(7, n as i64)
+        })
+        .collect();
+    tasks.insert_many(&batch).await.unwrap();
+    for mj_id in hostile {
+        let by_mj_id = TaskQuery::owned_by(7).with_mj_id(mj_id);
+        let page = tasks
+            .list(&by_mj_id, PageRequest::new(1, 100).unwrap())
+            .await
+            .unwrap();
+        assert_eq!((page.total, page.items.len()), (1, 1), "mj_id {mj_id:?}");
+        assert_eq!(page.items[0].mj_id, mj_id);
+        let by_status_and_action = TaskQuery {
+            status: Some(TaskStatus::Other(mj_id.to_owned())),
+            action: Some(TaskAction::from(mj_id.to_owned())),
+            ..TaskQuery::owned_by(7)
+        };
+        assert_eq!(
+            tasks.count(&by_status_and_action).await.unwrap(),
+            1,
+            "{mj_id:?}"
+        );
+    }
+    assert_eq!(
+        tasks
+            .count(&TaskQuery::all().with_mj_id("x"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        tasks.count(&TaskQuery::owned_by(i64::MIN)).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        tasks
+            .count(&TaskQuery::all().submitted_between(Some(i64::MIN), Some(i64::MAX)))
+            .await
+            .unwrap(),
+        hostile.len() as u64
+    );
+}
+
+/// Range pages stay exact when submit times do not follow ids (imports, clock steps): the
+/// page query bounds its sort by the newest entries of the range, which must never drop a row.
+async fn range_pages_when_times_do_not_follow_ids(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    // Submit days in a scrambled order: day (n * 37) % 60 for the n-th inserted task.
+    let batch: Vec<NewTask> = (0..60)
+        .map(|n| NewTask {
+            submit_time: BASE_MS + ((n * 37) % 60) * DAY_MS,
+            ..task(3, n)
+        })
+        .collect();
+    tasks.insert_many(&batch).await.unwrap();
+    let everything = tasks
+        .list(&TaskQuery::owned_by(3), PageRequest::new(1, 100).unwrap())
+        .await
+        .unwrap();
+    let (from, to) = (BASE_MS + 10 * DAY_MS, BASE_MS + 49 * DAY_MS);
+    let expected: Vec<i64> = everything
+        .items
+        .iter()
+        .filter(|t| (from..=to).contains(&t.submit_time))
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(expected.len(), 40);
+    let range = TaskQuery::owned_by(3).submitted_between(Some(from), Some(to));
+    for size in [1, 3, 7, 40] {
+        let mut tiled = Vec::new();
+        for p in 1..=(40 / size + 1) {
+            let page = tasks
+                .list(&range, PageRequest::new(p, size).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(page.total, 40);
+            tiled.extend(ids(&page));
+        }
+        assert_eq!(tiled, expected, "page size {size}");
+    }
+}
+
 async fn seconds_and_millisecond_bounds(store: &SqlStore, _: &TestDb) {
     let tasks = store.tasks();
     fixture(&tasks).await;
@@ -472,6 +578,8 @@ all_backends!(
     ordering_and_totals,
     owner_isolation,
     filters_alone_and_combined,
+    hostile_filter_values,
+    range_pages_when_times_do_not_follow_ids,
     seconds_and_millisecond_bounds,
     pages_past_the_end_and_size_cap,
     duplicate_mj_ids,

@@ -14,9 +14,13 @@ pub struct PostgresTaskStore {
 }
 
 impl PostgresTaskStore {
-    /// `COUNT` statements stay cached: PostgreSQL re-plans a prepared statement with its
-    /// parameters until a generic plan proves as cheap.
-    pub(crate) const CACHE_COUNT_STATEMENTS: bool = true;
+    /// Totals stay cached prepared statements: PostgreSQL re-plans a prepared statement with
+    /// its parameters until a generic plan proves as cheap.
+    pub(crate) const COUNT_OVER_TEXT_PROTOCOL: bool = false;
+
+    /// A page and its total run concurrently on two connections: the server works on both at
+    /// once.
+    pub(crate) const TOTAL_IN_PAGE_STATEMENT: bool = false;
 
     /// Connects to `url` (`postgres://user@host/db`) and applies the migrations.
     ///

@@ -15,10 +15,24 @@ use crate::model::{NewTask, Progress, Task, TaskAction, TaskStatus};
 use crate::query::TaskQuery;
 
 /// Every task column in [`TaskRow`] order.
-pub(crate) const SELECT_TASKS: &str = "SELECT id, code, user_id, action, mj_id, prompt, \
-    prompt_en, description, state, submit_time, start_time, finish_time, image_url, video_url, \
-    video_urls, status, progress, fail_reason, channel_id, quota, buttons, properties, version \
-    FROM midjourneys";
+macro_rules! task_columns {
+    () => {
+        "id, code, user_id, action, mj_id, prompt, prompt_en, description, state, submit_time, \
+         start_time, finish_time, image_url, video_url, video_urls, status, progress, \
+         fail_reason, channel_id, quota, buttons, properties, version"
+    };
+}
+
+/// Every task column, from `midjourneys`.
+pub(crate) const SELECT_TASKS: &str = concat!("SELECT ", task_columns!(), " FROM midjourneys");
+
+/// The start of a page query that also returns the total ([`PageRow`]): the caller appends the
+/// count's `WHERE`, then `) AS total FROM midjourneys` and the page.
+pub(crate) const SELECT_TASKS_WITH_TOTAL: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    ", (SELECT COUNT(*) FROM midjourneys"
+);
 
 /// The insert prefix; [`push_task_values`] appends the `VALUES` list in this order.
 pub(crate) const INSERT_TASKS: &str = "INSERT INTO midjourneys (code, user_id, action, mj_id, \
@@ -59,6 +73,14 @@ pub(crate) struct TaskRow {
     buttons: String,
     properties: String,
     version: i64,
+}
+
+/// A page row that carries the total of the whole result as well.
+#[derive(sqlx::FromRow)]
+pub(crate) struct PageRow {
+    #[sqlx(flatten)]
+    pub(crate) task: TaskRow,
+    pub(crate) total: i64,
 }
 
 impl From<TaskRow> for Task {
@@ -236,50 +258,83 @@ where
         .push_bind(task.version);
 }
 
+/// How [`push_where`] writes filter values into a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FilterValues {
+    /// As bound parameters (`?` / `$n`), for prepared statements.
+    Bound,
+    /// As MySQL literals, for a statement sent over MySQL's text protocol: integers in decimal,
+    /// strings as `_utf8mb4 X'<hex>'`. Hex digits cannot end the literal, so no value can
+    /// change the statement, whatever the connection's `sql_mode` says about backslashes.
+    MySqlLiterals,
+}
+
 /// Appends the `WHERE` clause of `query` (nothing when it has no filter).
 ///
 /// Each filter maps onto an index prefix: `user_id` leads `(user_id, id)` and
 /// `(user_id, submit_time)`, `channel_id` leads `(channel_id, id)`, `submit_time` alone has
 /// `(submit_time)`, `mj_id` has `(mj_id)`; see the migrations.
-pub(crate) fn push_where<DB>(builder: &mut QueryBuilder<DB>, query: &TaskQuery)
-where
+pub(crate) fn push_where<DB>(
+    builder: &mut QueryBuilder<DB>,
+    query: &TaskQuery,
+    values: FilterValues,
+) where
     DB: Database,
     i64: for<'t> Encode<'t, DB> + Type<DB>,
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
 {
+    enum Value<'a> {
+        Int(i64),
+        Text(&'a str),
+    }
+    let filters = [
+        ("user_id = ", query.owner.map(Value::Int)),
+        ("channel_id = ", query.channel_id.map(Value::Int)),
+        ("mj_id = ", query.mj_id.as_deref().map(Value::Text)),
+        ("submit_time >= ", query.submitted_from.map(Value::Int)),
+        ("submit_time <= ", query.submitted_to.map(Value::Int)),
+        (
+            "status = ",
+            query.status.as_ref().map(|s| Value::Text(s.as_str())),
+        ),
+        (
+            "action = ",
+            query.action.as_ref().map(|a| Value::Text(a.as_str())),
+        ),
+    ];
     let mut keyword = " WHERE ";
-    let mut clause = |builder: &mut QueryBuilder<DB>, column: &str| {
+    for (column, value) in filters {
+        let Some(value) = value else { continue };
         builder.push(keyword).push(column);
         keyword = " AND ";
-    };
-    if let Some(owner) = query.owner {
-        clause(builder, "user_id = ");
-        builder.push_bind(owner);
+        match (values, value) {
+            (FilterValues::Bound, Value::Int(value)) => {
+                builder.push_bind(value);
+            }
+            (FilterValues::Bound, Value::Text(value)) => {
+                builder.push_bind(value);
+            }
+            (FilterValues::MySqlLiterals, Value::Int(value)) => {
+                builder.push(value);
+            }
+            (FilterValues::MySqlLiterals, Value::Text(value)) => {
+                builder.push(mysql_text_literal(value));
+            }
+        }
     }
-    if let Some(channel_id) = query.channel_id {
-        clause(builder, "channel_id = ");
-        builder.push_bind(channel_id);
+}
+
+/// `value` as a MySQL `utf8mb4` string literal spelled in hex (see [`FilterValues`]).
+fn mysql_text_literal(value: &str) -> String {
+    use std::fmt::Write as _;
+    let mut literal = String::with_capacity(value.len() * 2 + 12);
+    literal.push_str("_utf8mb4 X'");
+    for byte in value.bytes() {
+        // Writing to a String cannot fail.
+        let _ = write!(literal, "{byte:02x}");
     }
-    if let Some(mj_id) = &query.mj_id {
-        clause(builder, "mj_id = ");
-        builder.push_bind(mj_id.as_str());
-    }
-    if let Some(from) = query.submitted_from {
-        clause(builder, "submit_time >= ");
-        builder.push_bind(from);
-    }
-    if let Some(to) = query.submitted_to {
-        clause(builder, "submit_time <= ");
-        builder.push_bind(to);
-    }
-    if let Some(status) = &query.status {
-        clause(builder, "status = ");
-        builder.push_bind(status.as_str());
-    }
-    if let Some(action) = &query.action {
-        clause(builder, "action = ");
-        builder.push_bind(action.as_str());
-    }
+    literal.push('\'');
+    literal
 }
 
 /// Appends the rest of a page query after [`SELECT_TASKS`]: `WHERE`, order, limit and offset.
@@ -295,7 +350,8 @@ where
 ///   evenly over `id` while `submit_time` grows with it. Ordering by `id + 0` keeps them off
 ///   that walk and on the `(user_id, submit_time)` / `(submit_time)` range, whose entries the
 ///   exact total reads anyway: the page then costs at most a sort of what the count has
-///   already counted, never a scan of the table.
+///   already counted, never a scan of the table, and usually a sort of one page (see the
+///   lower bound below).
 pub(crate) fn push_page<DB>(
     builder: &mut QueryBuilder<DB>,
     query: &TaskQuery,
@@ -307,7 +363,7 @@ pub(crate) fn push_page<DB>(
 {
     let has_range = query.submitted_from.is_some() || query.submitted_to.is_some();
     if page.offset() == 0 && !has_range {
-        push_where(builder, query);
+        push_where(builder, query, FilterValues::Bound);
         builder
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(page.page_size()));
@@ -315,7 +371,21 @@ pub(crate) fn push_page<DB>(
     }
     // The derived table exposes only `page_id`, so the outer column list stays unqualified.
     builder.push(" JOIN (SELECT id AS page_id FROM midjourneys");
-    push_where(builder, query);
+    push_where(builder, query, FilterValues::Bound);
+    if has_range {
+        // Any `offset + page_size` ids of the range bound its `offset + page_size` largest
+        // ids from below, and the newest entries of the range index are such ids, read
+        // without a sort. Only entries at or above that bound reach the sort: about a page's
+        // worth when ids grow with submit times, as ours do, and never a wrong answer when
+        // they do not. `id + 0` keeps the bound from becoming a walk of an `id` index.
+        let wanted = u64::from(page.page_size()).saturating_add(page.offset());
+        builder.push(" AND id + 0 >= (SELECT MIN(id) FROM (SELECT id FROM midjourneys");
+        push_where(builder, query, FilterValues::Bound);
+        builder
+            .push(" ORDER BY submit_time DESC LIMIT ")
+            .push_bind(to_i64(wanted))
+            .push(") newest)");
+    }
     builder
         .push(if has_range {
             " ORDER BY id + 0 DESC LIMIT "
@@ -336,8 +406,11 @@ pub(crate) fn to_i64(value: u64) -> i64 {
 /// Implements [`TaskStore`](crate::TaskStore) and [`ChannelStore`](crate::ChannelStore) for a
 /// backend store type with a `pool` field of `sqlx::Pool<$db>` and an inherent
 /// `insert_returning_id(&self, builder) -> Result<i64, sqlx::Error>` that runs an
-/// `INSERT` for one row and yields its id, and a `CACHE_COUNT_STATEMENTS: bool` constant that
-/// says whether `COUNT` statements may be kept as cached prepared statements.
+/// `INSERT` for one row and yields its id, and a `COUNT_OVER_TEXT_PROTOCOL: bool` constant that
+/// says whether totals are sent as plain SQL text with their values inlined
+/// ([`FilterValues::MySqlLiterals`]) instead of as cached prepared statements, and a
+/// `TOTAL_IN_PAGE_STATEMENT: bool` constant that says whether `list` reads the total in the
+/// page's own statement (one round trip) instead of concurrently on a second connection.
 macro_rules! impl_sql_stores {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
@@ -387,7 +460,11 @@ macro_rules! impl_sql_stores {
                     ..$crate::TaskQuery::default()
                 };
                 let mut builder = sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS);
-                $crate::store::sql::push_where(&mut builder, &query);
+                $crate::store::sql::push_where(
+                    &mut builder,
+                    &query,
+                    $crate::store::sql::FilterValues::Bound,
+                );
                 builder.push(" ORDER BY id DESC LIMIT 1");
                 let row: Option<$crate::store::sql::TaskRow> =
                     builder.build_query_as().fetch_optional(&self.pool).await?;
@@ -399,19 +476,40 @@ macro_rules! impl_sql_stores {
                 query: &$crate::TaskQuery,
                 page: $crate::PageRequest,
             ) -> Result<$crate::Page<$crate::Task>, $crate::StoreError> {
+                use $crate::store::sql::{FilterValues, push_page, push_where};
                 if query.is_empty_range() {
                     return Ok($crate::Page::empty(page, 0));
                 }
-                let mut builder = sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS);
-                $crate::store::sql::push_page(&mut builder, query, page);
-                let rows = async {
-                    let rows: Vec<$crate::store::sql::TaskRow> =
+                let (total, rows) = if <$store>::TOTAL_IN_PAGE_STATEMENT {
+                    // One statement: the total is an uncorrelated subquery, evaluated once,
+                    // and comes with every row (so from the same snapshot as the page).
+                    let mut builder =
+                        sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS_WITH_TOTAL);
+                    push_where(&mut builder, query, FilterValues::Bound);
+                    builder.push(") AS total FROM midjourneys");
+                    push_page(&mut builder, query, page);
+                    let rows: Vec<$crate::store::sql::PageRow> =
                         builder.build_query_as().fetch_all(&self.pool).await?;
-                    Ok::<_, $crate::StoreError>(rows)
+                    let total = match rows.first() {
+                        Some(row) => u64::try_from(row.total).unwrap_or(0),
+                        // An empty first page means nothing matches; past the end, count.
+                        None if page.offset() == 0 => 0,
+                        None => self.count(query).await?,
+                    };
+                    (total, rows.into_iter().map(|row| row.task).collect())
+                } else {
+                    let mut builder =
+                        sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS);
+                    push_page(&mut builder, query, page);
+                    let rows = async {
+                        let rows: Vec<$crate::store::sql::TaskRow> =
+                            builder.build_query_as().fetch_all(&self.pool).await?;
+                        Ok::<_, $crate::StoreError>(rows)
+                    };
+                    // The total and the page are independent index reads: on two pooled
+                    // connections they overlap instead of adding up.
+                    futures_util::future::try_join(self.count(query), rows).await?
                 };
-                // The total and the page are independent index reads: on two pooled
-                // connections they overlap instead of adding up.
-                let (total, rows) = futures_util::future::try_join(self.count(query), rows).await?;
                 if page.offset() >= total {
                     return Ok($crate::Page::empty(page, total));
                 }
@@ -424,17 +522,30 @@ macro_rules! impl_sql_stores {
             }
 
             async fn count(&self, query: &$crate::TaskQuery) -> Result<u64, $crate::StoreError> {
+                use sqlx::Row as _;
                 if query.is_empty_range() {
                     return Ok(0);
                 }
                 let mut builder =
                     sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM midjourneys");
-                $crate::store::sql::push_where(&mut builder, query);
-                let count: i64 = builder
-                    .build_query_scalar()
-                    .persistent(<$store>::CACHE_COUNT_STATEMENTS)
-                    .fetch_one(&self.pool)
-                    .await?;
+                let count: i64 = if <$store>::COUNT_OVER_TEXT_PROTOCOL {
+                    $crate::store::sql::push_where(
+                        &mut builder,
+                        query,
+                        $crate::store::sql::FilterValues::MySqlLiterals,
+                    );
+                    sqlx::raw_sql(builder.into_sql())
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get(0)?
+                } else {
+                    $crate::store::sql::push_where(
+                        &mut builder,
+                        query,
+                        $crate::store::sql::FilterValues::Bound,
+                    );
+                    builder.build_query_scalar().fetch_one(&self.pool).await?
+                };
                 Ok(u64::try_from(count).unwrap_or(0))
             }
 
@@ -543,4 +654,42 @@ macro_rules! impl_sql_stores {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_literals_are_hex_so_values_cannot_end_them() {
+        assert_eq!(mysql_text_literal(""), "_utf8mb4 X''");
+        assert_eq!(mysql_text_literal("a'\\"), "_utf8mb4 X'61275c'");
+        assert_eq!(mysql_text_literal("龍"), "_utf8mb4 X'e9be8d'");
+    }
+
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn inlined_where_spells_every_filter_and_binds_nothing() {
+        let query = TaskQuery {
+            status: Some(TaskStatus::Success),
+            action: Some(TaskAction::Imagine),
+            ..TaskQuery::owned_by(-7)
+                .with_channel(3)
+                .with_mj_id("x' OR 1=1 -- ")
+                .submitted_between(Some(10), Some(20))
+        };
+        let mut inlined = QueryBuilder::<sqlx::MySql>::new("SELECT COUNT(*) FROM midjourneys");
+        push_where(&mut inlined, &query, FilterValues::MySqlLiterals);
+        assert_eq!(
+            inlined.sql().as_str(),
+            "SELECT COUNT(*) FROM midjourneys WHERE user_id = -7 AND channel_id = 3 \
+             AND mj_id = _utf8mb4 X'7827204f5220313d31202d2d20' AND submit_time >= 10 \
+             AND submit_time <= 20 AND status = _utf8mb4 X'53554343455353' \
+             AND action = _utf8mb4 X'494d4147494e45'"
+        );
+        let mut bound = QueryBuilder::<sqlx::MySql>::new("SELECT COUNT(*) FROM midjourneys");
+        push_where(&mut bound, &query, FilterValues::Bound);
+        assert_eq!(bound.sql().as_str().matches('?').count(), 7);
+        assert!(!bound.sql().as_str().contains("X'"));
+    }
 }

@@ -19,8 +19,13 @@ pub struct SqliteTaskStore {
 }
 
 impl SqliteTaskStore {
-    /// `COUNT` statements stay cached: SQLite plans them the same for every bound value.
-    pub(crate) const CACHE_COUNT_STATEMENTS: bool = true;
+    /// Totals stay cached prepared statements: SQLite plans them the same for every bound value.
+    pub(crate) const COUNT_OVER_TEXT_PROTOCOL: bool = false;
+
+    /// A page and its total in one statement: SQLite is in-process, so a second statement costs
+    /// a hop to another connection's thread rather than a network round trip, and two of them
+    /// in parallel compete for the same cores as the caller.
+    pub(crate) const TOTAL_IN_PAGE_STATEMENT: bool = true;
 
     /// Opens (creating if missing) the database at `url` — `sqlite://tasks.db`,
     /// `sqlite::memory:` — and applies the migrations.
