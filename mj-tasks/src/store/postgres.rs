@@ -1,8 +1,9 @@
 //! The PostgreSQL backend.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::store::{MIGRATIONS_TABLE, StoreError};
@@ -32,10 +33,17 @@ impl PostgresTaskStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(url)?;
+        // The migrators' `CREATE TABLE IF NOT EXISTS` draws a NOTICE on every start, which
+        // sqlx logs at INFO; warnings and errors still come through. A URL that sets the
+        // level itself keeps it.
+        if !url.contains("client_min_messages") {
+            options = options.options([("client_min_messages", "warning")]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
         let store = Self::from_pool(pool);
         store.migrate().await?;
