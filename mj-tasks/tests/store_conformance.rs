@@ -359,6 +359,12 @@ async fn range_pages_when_times_do_not_follow_ids(store: &SqlStore, _: &TestDb) 
         }
         assert_eq!(tiled, expected, "page size {size}");
     }
+    // A page far past the end of a range: the bound's LIMIT saturates instead of overflowing.
+    let far = tasks
+        .list(&range, PageRequest::new(i64::MAX, 100).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((far.total, far.items.len()), (40, 0));
 }
 
 async fn seconds_and_millisecond_bounds(store: &SqlStore, _: &TestDb) {
