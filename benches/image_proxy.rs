@@ -23,6 +23,10 @@ use mj_tasks::image::ImageUrlSigner;
 use mj_tasks::{NewTask, Progress, TaskAction, TaskStatus};
 use warp::Filter;
 
+#[path = "../mj-tasks-server/tests/support/local_server.rs"]
+mod local_server;
+use local_server::{LocalServer, generated_body};
+
 const SIGNING_KEY: &str = "benchmark signing key, 32 bytes..";
 
 fn main() {
@@ -78,39 +82,18 @@ async fn run_server() {
     .await;
 }
 
-fn generated_body(
-    len: u64,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + Sync + 'static
-{
-    let chunk = Bytes::from(vec![0x5a_u8; 64 * 1024]);
-    futures_util::stream::unfold(0u64, move |sent| {
-        let chunk = chunk.clone();
-        async move {
-            if sent >= len {
-                return None;
-            }
-            let n = (len - sent).min(chunk.len() as u64);
-            Some((Ok(chunk.slice(..n as usize)), sent + n))
-        }
-    })
-}
-
-async fn start_upstream() -> std::net::SocketAddr {
+async fn start_upstream() -> LocalServer {
     let route = warp::path!("img" / u64).map(|len: u64| {
+        let chunk = Bytes::from(vec![0x5a_u8; 64 * 1024]);
         let mut response =
-            warp::reply::Reply::into_response(warp::reply::stream(generated_body(len)));
+            warp::reply::Reply::into_response(warp::reply::stream(generated_body(len, chunk)));
         let headers = response.headers_mut();
         headers.insert("content-type", "image/png".parse().expect("header"));
         headers.insert("content-length", len.to_string().parse().expect("header"));
         headers.insert("etag", "\"bench\"".parse().expect("header"));
         response
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("upstream address");
-    tokio::spawn(warp::serve(route).incoming(listener).run());
-    addr
+    LocalServer::start(route).await
 }
 
 struct ServerProcess {
@@ -238,7 +221,9 @@ async fn run_bench(full: bool) {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let upstream = start_upstream().await;
+    // Serves until the end of the run (dropping it stops it).
+    let upstream_server = start_upstream().await;
+    let upstream = upstream_server.addr;
 
     // The tasks, written through the library; the URLs signed by the library's signer with
     // the key the server is configured with (what an embedding gateway would do).

@@ -74,7 +74,7 @@ impl AccessToken {
     pub fn generate() -> Self {
         let mut bytes = [0u8; 24];
         rand::rng().fill_bytes(&mut bytes);
-        Self(hex(&bytes))
+        Self(hex::encode(bytes))
     }
 
     /// The token text, to show the user once.
@@ -96,17 +96,7 @@ impl fmt::Debug for AccessToken {
 
 /// SHA-256 hex digest of a presented token.
 pub fn hash_token(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Storage of users. Object safe.

@@ -6,6 +6,8 @@
 
 #[path = "../../mj-tasks/tests/common/mod.rs"]
 mod common;
+#[path = "support/local_server.rs"]
+mod local_server;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Kind, TestDb};
 use futures_util::StreamExt;
+use local_server::LocalServer;
 use mj_tasks::image::{
     FetchConfig, ImageFetchError, ImageFetcher, RangeAnswer, cache_key, shared_signing_key,
 };
@@ -52,8 +55,7 @@ fn image_bytes(seed: u64, len: usize) -> Vec<u8> {
 struct Upstream {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
+    server: LocalServer,
 }
 
 impl Upstream {
@@ -63,12 +65,7 @@ impl Upstream {
 
     /// Stops the upstream and waits until its port no longer answers.
     async fn shut_down(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
-        }
+        self.server.shut_down().await;
     }
 }
 
@@ -76,17 +73,7 @@ impl Upstream {
 fn generated_body(
     len: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + Sync + 'static {
-    let chunk = Bytes::from(image_bytes(7, 64 * 1024));
-    futures_util::stream::unfold(0u64, move |sent| {
-        let chunk = chunk.clone();
-        async move {
-            if sent >= len {
-                return None;
-            }
-            let n = (len - sent).min(chunk.len() as u64);
-            Some((Ok(chunk.slice(..n as usize)), sent + n))
-        }
-    })
+    local_server::generated_body(len, Bytes::from(image_bytes(7, 64 * 1024)))
 }
 
 fn small_image(headers: &HeaderMap, seed: u64) -> Response<Bytes> {
@@ -206,23 +193,11 @@ async fn start_upstream() -> Upstream {
             .or(redirect_loop)
             .unify(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(async {
-                let _ = stopped.await;
-            })
-            .run()
-            .await;
-    });
+    let server = LocalServer::start(routes).await;
     Upstream {
-        addr,
+        addr: server.addr,
         hits,
-        stop: Some(stop),
-        done: Some(done),
+        server,
     }
 }
 

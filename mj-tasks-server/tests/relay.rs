@@ -97,6 +97,14 @@ impl Env {
         .await
     }
 
+    /// Alice submits an imagine of `prompt`; the upstream's task id.
+    async fn imagine(&self, prompt: &str) -> String {
+        let (_, body) = self
+            .submit(&self.alice.1, "imagine", json!({ "prompt": prompt }))
+            .await;
+        body["result"].as_str().unwrap().to_owned()
+    }
+
     async fn task(&self, mj_id: &str) -> Task {
         self.app
             .tasks
@@ -285,10 +293,7 @@ async fn failure_refunds_exactly_once(kind: Kind) {
     let Some(env) = Env::new(kind).await else {
         return;
     };
-    let (_, body) = env
-        .submit(&env.alice.1, "imagine", json!({"prompt": "please fail"}))
-        .await;
-    let mj_id = body["result"].as_str().unwrap().to_owned();
+    let mj_id = env.imagine("please fail").await;
     assert_eq!(env.quota("alice").await, QUOTA - IMAGINE);
     let poller = env.default_poller();
     rounds(&poller, 5).await;
@@ -308,10 +313,7 @@ async fn outage_then_recovery(kind: Kind) {
     let Some(env) = Env::new(kind).await else {
         return;
     };
-    let (_, body) = env
-        .submit(&env.alice.1, "imagine", json!({"prompt": "outage"}))
-        .await;
-    let mj_id = body["result"].as_str().unwrap().to_owned();
+    let mj_id = env.imagine("outage").await;
     let before = env.task(&mj_id).await;
     let mut config = fast_config();
     config.interval = Duration::from_millis(1); // backoff of a few ms: every round retries
@@ -340,15 +342,9 @@ async fn timeout_fails_and_refunds(kind: Kind) {
         return;
     };
     // Stuck upstream: still listed, never finishing.
-    let (_, body) = env
-        .submit(&env.alice.1, "imagine", json!({"prompt": "stuck forever"}))
-        .await;
-    let stuck = body["result"].as_str().unwrap().to_owned();
+    let stuck = env.imagine("stuck forever").await;
     // Forgotten by the upstream (restart).
-    let (_, body) = env
-        .submit(&env.alice.1, "imagine", json!({"prompt": "forget me"}))
-        .await;
-    let forgotten = body["result"].as_str().unwrap().to_owned();
+    let forgotten = env.imagine("forget me").await;
     assert_eq!(env.quota("alice").await, QUOTA - 2 * IMAGINE);
 
     let poller = env.default_poller();

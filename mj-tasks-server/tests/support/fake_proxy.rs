@@ -3,6 +3,9 @@
 //! answer 500, garbage or slowly, forget tasks and count calls.
 #![allow(dead_code, clippy::unwrap_used)]
 
+#[path = "local_server.rs"]
+mod local_server;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,7 +71,7 @@ pub struct State {
 pub struct FakeProxy {
     pub addr: SocketAddr,
     pub state: Arc<State>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: local_server::LocalServer,
 }
 
 impl FakeProxy {
@@ -91,23 +94,11 @@ impl FakeProxy {
             fetch_calls: AtomicU64::new(0),
             steps_to_finish: steps,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let routes = routes(state.clone());
-        tokio::spawn(async move {
-            warp::serve(routes)
-                .incoming(listener)
-                .graceful(async {
-                    let _ = stopped.await;
-                })
-                .run()
-                .await;
-        });
+        let server = local_server::LocalServer::start(routes(state.clone())).await;
         Self {
-            addr,
+            addr: server.addr,
             state,
-            stop: Some(stop),
+            server,
         }
     }
 
@@ -157,9 +148,7 @@ impl FakeProxy {
     }
 
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.server.shut_down().await;
     }
 }
 

@@ -35,7 +35,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::fetch::{ImageFetchError, ImageStream};
-use super::signer::hex;
 
 /// Where the cache lives and how large it may grow.
 #[derive(Debug, Clone)]
@@ -124,7 +123,7 @@ pub fn cache_key(task_id: i64, mj_id: &str, image_url: &str) -> String {
     hasher.update((mj_id.len() as u64).to_be_bytes());
     hasher.update(mj_id.as_bytes());
     hasher.update(image_url.as_bytes());
-    hex(&hasher.finalize())
+    hex::encode(hasher.finalize())
 }
 
 fn valid_key(key: &str) -> bool {
@@ -396,7 +395,10 @@ impl FillWriter {
         drop(file);
         let entry = CacheEntry {
             size: self.written,
-            etag: format!("\"{}\"", hex(&std::mem::take(&mut self.hasher).finalize())),
+            etag: format!(
+                "\"{}\"",
+                hex::encode(std::mem::take(&mut self.hasher).finalize())
+            ),
             content_type: self.meta.content_type.take(),
             last_modified: self.meta.last_modified.take(),
             cache_control: self.meta.cache_control.take(),

@@ -45,7 +45,7 @@ pub async fn shared_signing_key(
     candidate: &[u8],
 ) -> Result<Vec<u8>, StoreError> {
     let stored = settings
-        .get_or_insert_setting(SIGNING_KEY_SETTING, &signer::hex(candidate))
+        .get_or_insert_setting(SIGNING_KEY_SETTING, &hex::encode(candidate))
         .await?;
     // The stored text is used as key bytes as is: hex written by us, or whatever an operator
     // put there by hand.

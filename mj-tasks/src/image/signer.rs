@@ -130,7 +130,7 @@ impl ImageUrlSigner {
     /// the public server address (a trailing `/` is ignored).
     pub fn url_for(&self, base: &str, owner: i64, mj_id: &str, now: i64) -> String {
         let expiry = self.expiry_for(now);
-        let signature = hex(&self.mac(owner, mj_id, expiry));
+        let signature = hex::encode(self.mac(owner, mj_id, expiry));
         format!(
             "{}/mj/image/{}?u={owner}&e={expiry}&s={signature}",
             base.trim_end_matches('/'),
@@ -227,17 +227,6 @@ fn parse_decimal<T: std::str::FromStr>(text: &str) -> Option<T> {
         return None;
     }
     text.parse().ok()
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
 }
 
 /// Lowercase hex only (one spelling per signature).

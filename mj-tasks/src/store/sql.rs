@@ -326,15 +326,7 @@ pub(crate) fn push_where<DB>(
 
 /// `value` as a MySQL `utf8mb4` string literal spelled in hex (see [`FilterValues`]).
 fn mysql_text_literal(value: &str) -> String {
-    use std::fmt::Write as _;
-    let mut literal = String::with_capacity(value.len() * 2 + 12);
-    literal.push_str("_utf8mb4 X'");
-    for byte in value.bytes() {
-        // Writing to a String cannot fail.
-        let _ = write!(literal, "{byte:02x}");
-    }
-    literal.push('\'');
-    literal
+    format!("_utf8mb4 X'{}'", hex::encode(value))
 }
 
 /// Appends the rest of a page query after [`SELECT_TASKS`]: `WHERE`, order, limit and offset.
