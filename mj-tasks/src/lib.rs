@@ -43,6 +43,7 @@ pub mod poller;
 pub mod query;
 pub mod store;
 pub mod synthetic;
+pub mod text;
 pub mod upstream;
 
 pub use billing::{LedgerConn, PriceTable, QuotaLedger, Refund};
