@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use rand::Rng;
 use serde::Serialize;
 
 /// A registered upstream midjourney-proxy.
@@ -53,5 +54,26 @@ impl fmt::Debug for NewChannel {
             .field("base_url", &self.base_url)
             .field("secret", &"<redacted>")
             .finish()
+    }
+}
+
+/// Picks the channel a new task (one that acts on no earlier task) is sent to. Actions on an
+/// earlier task always go to that task's channel, whatever the chooser says.
+pub trait ChannelChooser: Send + Sync {
+    /// One of `enabled` (never empty: the relay answers "no channel" itself), or `None` to
+    /// refuse the submit as if no channel were available.
+    fn choose<'a>(&self, enabled: &'a [Channel]) -> Option<&'a Channel>;
+}
+
+/// The default chooser: uniformly at random among the enabled channels.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomChannel;
+
+impl ChannelChooser for RandomChannel {
+    fn choose<'a>(&self, enabled: &'a [Channel]) -> Option<&'a Channel> {
+        if enabled.is_empty() {
+            return None;
+        }
+        enabled.get(rand::rng().random_range(0..enabled.len()))
     }
 }

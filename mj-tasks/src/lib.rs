@@ -21,11 +21,14 @@
 //! # }).unwrap();
 //! ```
 //!
-//! Around the store: [`upstream`], a typed client for midjourney-proxy channels that tolerates
+//! Around the store: [`relay`], the whole submit workflow of a midjourney-proxy compatible relay
+//! ([`Relay::submit`]: validate, pick a channel, reserve quota crash-safely, call the upstream,
+//! record or release); [`upstream`], a typed client for midjourney-proxy channels that tolerates
 //! the real upstream's quirks; [`poller`], the background poller (bounded batches, channels
 //! polled concurrently, compare-and-swap writes, deadlines, a database lease for several
-//! instances); and [`billing`], prices per action and the [`QuotaLedger`] through which a
-//! failed task is refunded exactly once, in the transaction that records the failure.
+//! instances, leftover reservations released); and [`billing`], prices per action and the
+//! [`QuotaLedger`] through which a failed or cancelled task is refunded exactly once, in the
+//! transaction that records the outcome ([`SqlQuotaLedger`] for a plain `(id, quota)` table).
 //!
 //! ## Features
 //! - `sqlite` (default), `postgres`, `mysql`: the backends.
@@ -41,13 +44,16 @@ pub mod image;
 pub mod model;
 pub mod poller;
 pub mod query;
+pub mod relay;
 pub mod store;
 pub mod synthetic;
 pub mod text;
 pub mod upstream;
 
-pub use billing::{LedgerConn, PriceTable, QuotaLedger, Refund};
-pub use channel::{Channel, NewChannel};
+pub use billing::{
+    Credit, CreditReason, LedgerConn, LedgerError, PriceTable, QuotaLedger, SqlQuotaLedger,
+};
+pub use channel::{Channel, ChannelChooser, NewChannel, RandomChannel};
 pub use model::{
     AdminTaskView, NewTask, Progress, Task, TaskAction, TaskStatus, UserTaskView, now_millis,
 };
@@ -59,12 +65,15 @@ pub use store::MySqlTaskStore;
 pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
+pub use relay::{Relay, RelayTask, SubmitOutcome, SubmitRequest};
 pub use store::{
-    Backend, ChannelStore, PollStore, SettingStore, SqlPollStore, SqlStore, StoreError, TaskStore,
-    WriteOutcome, connect,
+    Backend, ChannelStore, PollStore, Reservation, ReservationStore, SettingStore, SqlPollStore,
+    SqlReservationStore, SqlStore, StoreError, TaskStore, WriteOutcome, connect,
 };
 #[cfg(any(test, feature = "mock"))]
-pub use store::{MockChannelStore, MockPollStore, MockSettingStore, MockTaskStore};
+pub use store::{
+    MockChannelStore, MockPollStore, MockReservationStore, MockSettingStore, MockTaskStore,
+};
 pub use upstream::{SubmitKind, UpstreamClient, UpstreamError};
 
 /// The sqlx version this crate is built with, so that pools built by an embedding application

@@ -2,6 +2,8 @@
 //! that can no longer finish, and refunds failures exactly once.
 //!
 //! One round:
+//! 0. release the quota reservations that outlived their submit (journal rows older than
+//!    [`PollerConfig::reservation_timeout`], left by a crash or a database outage);
 //! 1. read the first batch of unfinished tasks (`list_unfinished`, on the `(finished, id)`
 //!    index, so finished rows are never read); none: the round is over (an idle round is one
 //!    index probe and writes nothing);
@@ -38,7 +40,9 @@ use tokio::task::JoinHandle;
 
 use crate::channel::Channel;
 use crate::model::{Progress, Task, TaskStatus, now_millis};
-use crate::store::{ChannelStore, PollStore, StoreError, TaskStore, WriteOutcome};
+use crate::store::{
+    ChannelStore, PollStore, ReservationStore, StoreError, TaskStore, WriteOutcome,
+};
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamTask};
 
 /// Changed tasks written per transaction.
@@ -84,6 +88,9 @@ pub struct PollerConfig {
     pub use_lease: bool,
     /// This instance's lease holder name (default: random).
     pub holder: String,
+    /// Age after which a journaled quota reservation is released as a leftover (default 60 s).
+    /// Set it to the relay's upstream timeout: no live submit holds a reservation longer.
+    pub reservation_timeout: Duration,
 }
 
 impl Default for PollerConfig {
@@ -99,6 +106,7 @@ impl Default for PollerConfig {
             max_backoff: Duration::from_secs(300),
             use_lease: false,
             holder: random_holder(),
+            reservation_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -132,6 +140,8 @@ pub struct PollerDeps {
     pub channels: Arc<dyn ChannelStore>,
     /// Outcomes are written (and refunded) here; the lease lives here.
     pub store: Arc<dyn PollStore>,
+    /// The reservation journal, whose leftovers each round releases.
+    pub reservations: Arc<dyn ReservationStore>,
 }
 
 /// What a round did.
@@ -152,6 +162,8 @@ pub struct RoundStats {
     pub failed: u64,
     /// Refunds made by this round.
     pub refunded: u64,
+    /// Leftover quota reservations released by this round.
+    pub released: u64,
     /// Channels whose calls failed or that were skipped for backoff.
     pub channel_errors: u64,
     /// Tasks left for the next round because their channel's worker was still busy with
@@ -169,6 +181,7 @@ impl RoundStats {
         self.lost += other.lost;
         self.failed += other.failed;
         self.refunded += other.refunded;
+        self.released += other.released;
         self.channel_errors += other.channel_errors;
         self.deferred += other.deferred;
         self.db_time += other.db_time;
@@ -348,13 +361,15 @@ impl Poller {
 
     /// Runs one round now (see the module documentation).
     ///
-    /// The first batch is read before the lease is touched: an idle round (no unfinished task)
-    /// is one probe of the `(finished, id)` index and writes nothing, on every instance. Reading
+    /// Leftover reservations are released first, then the first batch is read before the lease
+    /// is touched: an idle round (no leftover, no unfinished task) is one probe of the journal's
+    /// `created_at` index and one of the `(finished, id)` index, and writes nothing. Reading
     /// without the lease is harmless, since every write is compare-and-swapped.
     pub async fn run_round(&self) -> Result<RoundStats, StoreError> {
         let mut stats = RoundStats::default();
         let batch_size = self.inner.config.batch_size;
         let started = Instant::now();
+        stats.released = self.release_leftovers().await?;
         let mut batch = self.inner.deps.tasks.list_unfinished(0, batch_size).await?;
         stats.db_time += started.elapsed();
         if batch.is_empty() {
@@ -362,7 +377,10 @@ impl Poller {
             return Ok(stats);
         }
         if !self.hold_lease().await? {
-            return Ok(RoundStats::default());
+            return Ok(RoundStats {
+                released: stats.released,
+                ..RoundStats::default()
+            });
         }
         stats.ran = true;
         let started = Instant::now();
@@ -381,7 +399,7 @@ impl Poller {
             let after_id = last.id;
             let full = batch.len() >= batch_size as usize;
             let immediate = workers.dispatch(batch, &mut stats).await;
-            let (written, _) = self.write_all(immediate).await?;
+            let written = self.write_all(immediate).await?;
             stats.absorb(&written);
             if !full {
                 break;
@@ -402,6 +420,29 @@ impl Poller {
         }
         workers.finish(&mut stats).await?;
         Ok(stats)
+    }
+
+    /// Releases the reservations older than the reservation timeout, in bounded batches. Needs
+    /// no lease: each release deletes its journal row first, so two instances never release the
+    /// same one.
+    async fn release_leftovers(&self) -> Result<u64, StoreError> {
+        let timeout = i64::try_from(self.inner.config.reservation_timeout.as_millis())
+            .unwrap_or(i64::MAX);
+        let cutoff = now_millis().saturating_sub(timeout);
+        let limit = self.inner.config.batch_size.max(1);
+        let mut released = 0;
+        loop {
+            let batch = self
+                .inner
+                .deps
+                .reservations
+                .release_expired(cutoff, limit)
+                .await?;
+            released += batch;
+            if batch < u64::from(limit) {
+                return Ok(released);
+            }
+        }
     }
 
     fn in_backoff(&self, channel_id: i64) -> bool {
@@ -496,12 +537,12 @@ impl Poller {
                 decide(task, answer, now, timeout)
             })
             .collect();
-        let (written, _) = self.write_all(updates).await?;
+        let written = self.write_all(updates).await?;
         stats.absorb(&written);
         Ok(stats)
     }
 
-    async fn write_all(&self, updates: Vec<Task>) -> Result<(RoundStats, ()), StoreError> {
+    async fn write_all(&self, updates: Vec<Task>) -> Result<RoundStats, StoreError> {
         let mut stats = RoundStats::default();
         // One transaction per chunk: one commit (fsync) per WRITE_CHUNK rows, not per row.
         for chunk in updates.chunks(WRITE_CHUNK) {
@@ -531,7 +572,7 @@ impl Poller {
                 }
             }
         }
-        Ok((stats, ()))
+        Ok(stats)
     }
 
     /// Starts the loop on the current tokio runtime: a round every interval (the first at
@@ -713,8 +754,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::store::{MockChannelStore, MockPollStore, MockTaskStore};
+    use crate::store::{MockChannelStore, MockPollStore, MockReservationStore, MockTaskStore};
     use crate::{TaskAction, TaskStatus};
+
+    /// A journal with nothing left behind: each round asks once.
+    fn no_leftovers() -> Arc<dyn ReservationStore> {
+        let mut reservations = MockReservationStore::new();
+        reservations
+            .expect_release_expired()
+            .returning(|_, _| Ok(0));
+        Arc::new(reservations)
+    }
 
     const NOW: i64 = 1_715_240_000_000;
     const HOUR: i64 = 3_600_000;
@@ -900,6 +950,7 @@ mod tests {
                 tasks: Arc::new(tasks),
                 channels: Arc::new(channels),
                 store: Arc::new(store),
+                reservations: no_leftovers(),
             },
             PollerConfig {
                 upstream_timeout: Duration::from_millis(500),
@@ -935,6 +986,7 @@ mod tests {
                 tasks: Arc::new(tasks),
                 channels: Arc::new(MockChannelStore::new()),
                 store: Arc::new(store),
+                reservations: no_leftovers(),
             },
             PollerConfig {
                 use_lease: true,
@@ -958,6 +1010,7 @@ mod tests {
                 tasks: Arc::new(tasks),
                 channels: Arc::new(MockChannelStore::new()),
                 store: Arc::new(MockPollStore::new()),
+                reservations: no_leftovers(),
             },
             PollerConfig {
                 use_lease: true,

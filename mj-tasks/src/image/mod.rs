@@ -20,7 +20,25 @@ pub use signer::{
     encode_path_segment,
 };
 
+use crate::model::Task;
 use crate::store::{SettingStore, StoreError};
+
+/// Decides the image address a client sees for a task: the one place that does, so that every
+/// answer (dashboard lists, relay fetches, submit answers) shows the same one.
+pub trait ImagePresenter: Send + Sync {
+    /// The `image_url` to show for `task` (`""` for none).
+    fn present(&self, task: &Task) -> String;
+}
+
+/// Shows the upstream's address as stored (no forwarding).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoredImageUrl;
+
+impl ImagePresenter for StoredImageUrl {
+    fn present(&self, task: &Task) -> String {
+        task.image_url.clone()
+    }
+}
 
 /// The `mj_settings` name of the generated signing key.
 pub const SIGNING_KEY_SETTING: &str = "image_url_signing_key";

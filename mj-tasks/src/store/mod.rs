@@ -22,6 +22,7 @@ mod mysql;
 pub mod poll;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod reservations;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -30,6 +31,9 @@ pub use mysql::MySqlTaskStore;
 #[cfg(any(test, feature = "mock"))]
 pub use poll::MockPollStore;
 pub use poll::{PollStore, SqlPollStore, WriteOutcome};
+#[cfg(any(test, feature = "mock"))]
+pub use reservations::MockReservationStore;
+pub use reservations::{Reservation, ReservationStore, Settled, SqlReservationStore};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
@@ -68,6 +72,17 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
             sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(error),
             _ => Self::Database(error),
+        }
+    }
+}
+
+impl From<crate::billing::LedgerError> for StoreError {
+    fn from(error: crate::billing::LedgerError) -> Self {
+        match error {
+            crate::billing::LedgerError::Database(error) => error.into(),
+            crate::billing::LedgerError::UnsupportedBackend => {
+                Self::UnsupportedUrl("the quota ledger does not support this backend".to_owned())
+            }
         }
     }
 }

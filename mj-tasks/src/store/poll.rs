@@ -27,8 +27,8 @@ pub enum WriteOutcome {
 pub trait PollStore: Send + Sync {
     /// Writes `task` if the stored row still has `task.version` (as
     /// [`TaskStore::update_if_version`](crate::TaskStore::update_if_version)), and, when the new
-    /// status is `FAILURE` and the task was charged (`quota > 0`), refunds that charge through the
-    /// ledger **in the same transaction**, recording it in `mj_refunds` (keyed by task id) so it
+    /// status is `FAILURE` or `CANCEL` and the task was charged (`quota > 0`), refunds that charge
+    /// through the ledger **in the same transaction**, recording it in `mj_refunds` (keyed by task id) so it
     /// can never happen twice.
     async fn write_outcome(&self, task: &Task) -> Result<WriteOutcome, StoreError>;
 
@@ -68,7 +68,7 @@ impl std::fmt::Debug for SqlPollStore {
 
 impl SqlPollStore {
     /// The poll store of `store`; refunds are credited through `ledger`, whose
-    /// [`QuotaLedger::refund_in`] receives the transaction's connection.
+    /// [`QuotaLedger::credit_in`] receives the transaction's connection.
     pub fn new(store: SqlStore, ledger: Arc<dyn QuotaLedger>) -> Self {
         Self { store, ledger }
     }
@@ -81,7 +81,7 @@ macro_rules! poll_sql {
         mod $module {
             use sqlx::QueryBuilder;
 
-            use crate::billing::{QuotaLedger, Refund};
+            use crate::billing::{Credit, CreditReason, QuotaLedger};
             use crate::model::{Task, TaskStatus};
             use crate::store::StoreError;
             use crate::store::poll::WriteOutcome;
@@ -110,7 +110,9 @@ macro_rules! poll_sql {
                 if builder.build().execute(&mut *conn).await?.rows_affected() != 1 {
                     return Ok(WriteOutcome::Lost);
                 }
-                if task.status != TaskStatus::Failure || task.quota <= 0 {
+                // A user who got no image pays nothing: failures and cancellations alike.
+                let refundable = matches!(task.status, TaskStatus::Failure | TaskStatus::Cancel);
+                if !refundable || task.quota <= 0 {
                     return Ok(WriteOutcome::Written { refunded: false });
                 }
                 let mut check =
@@ -132,12 +134,12 @@ macro_rules! poll_sql {
                         .push_bind(crate::now_millis());
                 });
                 insert.build().execute(&mut *conn).await?;
-                let refund = Refund {
-                    task_id: task.id,
+                let credit = Credit {
                     user_id: task.user_id,
                     amount: task.quota,
+                    reason: CreditReason::Refund { task_id: task.id },
                 };
-                ledger.refund_in($conn(&mut *conn), refund).await?;
+                ledger.credit_in($conn(&mut *conn), credit).await?;
                 Ok(WriteOutcome::Written { refunded: true })
             }
 

@@ -24,6 +24,10 @@ pub mod codes {
     pub const QUEUE_REJECTED: i64 = 23;
     /// Banned prompt (rejected).
     pub const BANNED_PROMPT: i64 = 24;
+    /// Not a midjourney-proxy code: this gateway could not complete the submit itself (the
+    /// upstream unreachable or too slow, or the gateway's database unavailable). Clients treat
+    /// it like any other failure code.
+    pub const GATEWAY_FAILURE: i64 = 5;
 }
 
 /// midjourney-proxy's `SubmitResultVO`.
