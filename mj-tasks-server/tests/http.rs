@@ -4,15 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-#[path = "../../mj-tasks/tests/common/mod.rs"]
-mod common;
-
-use common::{Kind, TestDb};
 use mj_tasks::{NewTask, Progress, TaskAction, TaskStatus};
 use mj_tasks_server::users::{AccessToken, Role, User};
 use mj_tasks_server::{App, Settings};
 use proptest::prelude::*;
 use serde_json::Value;
+use test_support::{Kind, TestDb};
 
 struct Fixture {
     app: App,
