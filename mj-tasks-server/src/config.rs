@@ -148,6 +148,11 @@ impl Settings {
         }
     }
 
+    /// The timeout of each submit's upstream call (`--upstream-timeout-secs`, at least 1 s).
+    pub fn upstream_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.upstream_timeout_secs.max(1))
+    }
+
     /// The public base URL, without a trailing slash.
     pub fn public_base_url(&self) -> String {
         match &self.server_address {

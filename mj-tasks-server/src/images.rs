@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mj_tasks::image::{
     CacheConfig, CacheError, FetchConfig, ImageCache, ImageFetchError, ImageFetcher,
-    ImageUrlSigner, WeakKeyError, shared_signing_key,
+    ImagePresenter, ImageUrlSigner, WeakKeyError, shared_signing_key,
 };
 use mj_tasks::{SqlStore, StoreError, Task};
 use rand::RngCore;
@@ -97,5 +97,11 @@ impl Images {
         }
         self.signer
             .present(task, &self.base_url, chrono::Utc::now().timestamp())
+    }
+}
+
+impl ImagePresenter for Images {
+    fn present(&self, task: &Task) -> String {
+        Images::present(self, task)
     }
 }

@@ -7,7 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod images;
-pub mod ledger;
 pub mod users;
 
 use std::future::Future;
@@ -15,7 +14,8 @@ use std::sync::Arc;
 
 use mj_tasks::{
     Backend, ChannelStore, PollStore, Poller, PollerConfig, PollerDeps, PollerHandle, QuotaLedger,
-    SqlPollStore, SqlStore, StoreError, Task, TaskStore, UpstreamClient, UpstreamError,
+    Relay, ReservationStore, SqlPollStore, SqlReservationStore, SqlStore,
+    StoreError, Task, TaskStore, UpstreamClient, UpstreamError,
 };
 use tokio::net::TcpListener;
 
@@ -34,12 +34,15 @@ pub struct App {
     pub store: SqlStore,
     /// Settings the server was started with.
     pub settings: Arc<Settings>,
-    /// The quota ledger (users' balances): reservations, releases, refunds.
+    /// The quota ledger on `mj_users.quota`: reservations, releases, refunds.
     pub ledger: Arc<dyn QuotaLedger>,
     /// The poller's store (outcome writes with refunds, the lease).
     pub poll_store: Arc<dyn PollStore>,
-    /// The client relays submit with (timeout `--upstream-timeout-secs`).
-    pub upstream: UpstreamClient,
+    /// The reservation journal (what makes submits crash-safe).
+    pub reservations: Arc<dyn ReservationStore>,
+    /// The library's submit workflow the relay routes call (upstream timeout
+    /// `--upstream-timeout-secs`, prices `--prices`, image addresses through [`Self::images`]).
+    pub relay: Relay,
     /// Image forwarding: URL signer, upstream fetcher, disk cache.
     pub images: Arc<images::Images>,
 }
@@ -56,6 +59,9 @@ pub enum OpenError {
     /// The upstream HTTP client could not be built.
     #[error("cannot build the upstream HTTP client: {0}")]
     Upstream(#[from] UpstreamError),
+    /// The quota ledger's table name is not an identifier.
+    #[error("{0}")]
+    Ledger(#[from] mj_tasks::billing::InvalidTableName),
 }
 
 impl App {
@@ -67,10 +73,19 @@ impl App {
         let store = mj_tasks::connect(&settings.database_url).await?;
         let users = users::open_user_store(&store).await?;
         let images = images::Images::open(&settings, &store).await?;
-        let ledger = ledger::open_ledger(&store)?;
+        let ledger: Arc<dyn QuotaLedger> = Arc::new(users::quota_ledger()?);
         let poll_store = Arc::new(SqlPollStore::new(store.clone(), ledger.clone()));
-        let timeout = std::time::Duration::from_secs(settings.upstream_timeout_secs.max(1));
-        let upstream = UpstreamClient::new(timeout)?;
+        let reservations = Arc::new(SqlReservationStore::new(store.clone(), ledger.clone()));
+        let upstream = UpstreamClient::new(settings.upstream_timeout())?;
+        let images = Arc::new(images);
+        let relay = Relay::from_parts(
+            store.tasks(),
+            store.channels(),
+            reservations.clone(),
+            upstream,
+            settings.prices.clone(),
+        )
+        .with_image_presenter(images.clone());
         Ok(Self {
             tasks: store.tasks(),
             channels: store.channels(),
@@ -78,9 +93,10 @@ impl App {
             settings: Arc::new(settings),
             ledger,
             poll_store,
-            upstream,
+            reservations,
+            relay,
             store,
-            images: Arc::new(images),
+            images,
         })
     }
 
@@ -107,12 +123,15 @@ impl App {
             } else {
                 16
             },
+            // No live submit holds a reservation longer than its upstream call.
+            reservation_timeout: self.settings.upstream_timeout(),
             ..PollerConfig::default()
         };
         let deps = PollerDeps {
             tasks: self.tasks.clone(),
             channels: self.channels.clone(),
             store: self.poll_store.clone(),
+            reservations: self.reservations.clone(),
         };
         match Poller::new(deps, config) {
             Ok(poller) => Some(poller),

@@ -124,6 +124,12 @@ pub trait UserStore: Send + Sync {
     async fn set_quota(&self, username: &str, quota: i64) -> Result<bool, StoreError>;
 }
 
+/// The quota ledger on `mj_users.quota`: a plain `(id, quota)` table, so the library's
+/// [`mj_tasks::SqlQuotaLedger`].
+pub fn quota_ledger() -> Result<mj_tasks::SqlQuotaLedger, mj_tasks::billing::InvalidTableName> {
+    mj_tasks::SqlQuotaLedger::new("mj_users")
+}
+
 const SELECT_USERS: &str = "SELECT id, username, role, status, quota FROM mj_users";
 const STATUS_ENABLED: i64 = 1;
 const STATUS_DISABLED: i64 = 2;

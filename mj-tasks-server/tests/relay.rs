@@ -61,6 +61,7 @@ impl Env {
                 tasks: self.app.tasks.clone(),
                 channels: self.app.channels.clone(),
                 store: self.app.poll_store.clone(),
+                reservations: self.app.reservations.clone(),
             },
             config,
         )
