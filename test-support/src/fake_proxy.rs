@@ -36,6 +36,8 @@ pub enum Outcome {
     Success,
     /// FAILURE with a reason.
     Failure,
+    /// CANCEL (a fork's status), with no image.
+    Cancel,
     /// Never finishes.
     Stuck,
 }
@@ -187,6 +189,7 @@ fn task_json(id: &str, task: &FakeTask, steps: u32) -> Value {
                 json!("[Banned prompt] fake failure"),
                 json!(now_ms()),
             ),
+            Outcome::Cancel => ("CANCEL", json!(""), Value::Null, Value::Null, json!(now_ms())),
             _ => (
                 "SUCCESS",
                 json!("100%"),
@@ -300,6 +303,8 @@ fn routes(
             let id = state.next_id.fetch_add(1, Ordering::SeqCst).to_string();
             let outcome = if prompt.contains("fail") {
                 Outcome::Failure
+            } else if prompt.contains("cancel") {
+                Outcome::Cancel
             } else if prompt.contains("stuck") {
                 Outcome::Stuck
             } else {
@@ -319,7 +324,13 @@ fn routes(
             }
             let code = forced.unwrap_or(1);
             let description = if code == 22 { "排队中，前面还有1个任务" } else { "提交成功" };
-            warp::reply::json(&json!({"code": code, "description": description, "result": id, "properties": {"discordInstanceId": "1118138338562560102"}})).into_response()
+            // Legacy "task exists" (21) answers carry the existing task's raw image address.
+            let properties = if code == 21 {
+                json!({"status": "SUCCESS", "imageUrl": format!("https://cdn.fake/{id}.png")})
+            } else {
+                json!({"discordInstanceId": "1118138338562560102"})
+            };
+            warp::reply::json(&json!({"code": code, "description": description, "result": id, "properties": properties})).into_response()
         });
 
     let list = warp::path!("mj" / "task" / "list-by-condition")
