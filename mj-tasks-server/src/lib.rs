@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use mj_tasks::{
     Backend, ChannelStore, PollStore, Poller, PollerConfig, PollerDeps, PollerHandle, QuotaLedger,
-    Relay, ReservationStore, SqlPollStore, SqlReservationStore, SqlStore,
-    StoreError, Task, TaskStore, UpstreamClient, UpstreamError,
+    Relay, ReservationStore, SqlPollStore, SqlReservationStore, SqlStore, StoreError, Task,
+    TaskStore, UpstreamClient, UpstreamError,
 };
 use tokio::net::TcpListener;
 

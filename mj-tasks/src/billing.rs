@@ -138,10 +138,8 @@ impl SqlQuotaLedger {
         i64: for<'q> Encode<'q, DB> + Type<DB>,
     {
         let sign = if debit { " - " } else { " + " };
-        let mut builder = QueryBuilder::<DB>::new(format!(
-            "UPDATE {} SET quota = quota{sign}",
-            self.table
-        ));
+        let mut builder =
+            QueryBuilder::<DB>::new(format!("UPDATE {} SET quota = quota{sign}", self.table));
         builder
             .push_bind(amount)
             .push(" WHERE id = ")

@@ -59,13 +59,13 @@ pub use model::{
 };
 pub use poller::{Poller, PollerConfig, PollerDeps, PollerHandle, RoundStats};
 pub use query::{Audience, Page, PageRequest, QueryError, TaskQuery, parse_list_query};
+pub use relay::{Relay, RelayTask, SubmitOutcome, SubmitRequest};
 #[cfg(feature = "mysql")]
 pub use store::MySqlTaskStore;
 #[cfg(feature = "postgres")]
 pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
-pub use relay::{Relay, RelayTask, SubmitOutcome, SubmitRequest};
 pub use store::{
     Backend, ChannelStore, PollStore, Reservation, ReservationStore, SettingStore, SqlPollStore,
     SqlReservationStore, SqlStore, StoreError, TaskStore, WriteOutcome, connect,

@@ -426,8 +426,8 @@ impl Poller {
     /// no lease: each release deletes its journal row first, so two instances never release the
     /// same one.
     async fn release_leftovers(&self) -> Result<u64, StoreError> {
-        let timeout = i64::try_from(self.inner.config.reservation_timeout.as_millis())
-            .unwrap_or(i64::MAX);
+        let timeout =
+            i64::try_from(self.inner.config.reservation_timeout.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_millis().saturating_sub(timeout);
         let limit = self.inner.config.batch_size.max(1);
         let mut released = 0;

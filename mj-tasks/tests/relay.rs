@@ -27,9 +27,15 @@ const ALICE: i64 = 1;
 async fn execute(store: &SqlStore, sql: &str) {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
     match store {
-        SqlStore::Sqlite(s) => drop(sqlx::query(sql).execute(s.pool()).await.unwrap()),
-        SqlStore::Postgres(s) => drop(sqlx::query(sql).execute(s.pool()).await.unwrap()),
-        SqlStore::MySql(s) => drop(sqlx::query(sql).execute(s.pool()).await.unwrap()),
+        SqlStore::Sqlite(s) => {
+            sqlx::query(sql).execute(s.pool()).await.unwrap();
+        }
+        SqlStore::Postgres(s) => {
+            sqlx::query(sql).execute(s.pool()).await.unwrap();
+        }
+        SqlStore::MySql(s) => {
+            sqlx::query(sql).execute(s.pool()).await.unwrap();
+        }
         _ => unreachable!("every backend is built for tests"),
     }
 }
@@ -189,20 +195,35 @@ async fn submit_is_charged_recorded_and_polled_to_success(kind: Kind) {
     assert_eq!(env.journaled().await, 0, "settled: nothing left in flight");
     rounds(&env.poller(fast_config()), 4).await;
     assert_eq!(env.task(task.id).await.status, TaskStatus::Success);
-    assert_eq!(env.quota(ALICE).await, QUOTA - IMAGINE, "success keeps the charge");
+    assert_eq!(
+        env.quota(ALICE).await,
+        QUOTA - IMAGINE,
+        "success keeps the charge"
+    );
     let fetched = env.relay.fetch(ALICE, &task.mj_id).await.unwrap().unwrap();
     assert_eq!(fetched.status, "SUCCESS");
     assert_eq!(
         fetched.image_url,
         Some(format!("https://cdn.fake/{}.png", task.mj_id))
     );
-    assert!(env.relay.fetch(ALICE + 1, &task.mj_id).await.unwrap().is_none());
+    assert!(
+        env.relay
+            .fetch(ALICE + 1, &task.mj_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(env.relay.fetch(ALICE, "a\0b").await.unwrap().is_none());
     let listed = env
         .relay
         .list_by_condition(
             ALICE,
-            &[task.mj_id.clone(), task.mj_id.clone(), "\0".into(), "x".into()],
+            &[
+                task.mj_id.clone(),
+                task.mj_id.clone(),
+                "\0".into(),
+                "x".into(),
+            ],
         )
         .await
         .unwrap();
@@ -269,10 +290,16 @@ async fn failed_submits_release_their_reservation(kind: Kind) {
     env.fake.set_submit_code(None);
     env.fake.set_mode(Mode::Error500);
     let outcome = env.imagine(ALICE, "down").await;
-    assert!(matches!(outcome, SubmitOutcome::UpstreamUnavailable(_)), "{outcome:?}");
+    assert!(
+        matches!(outcome, SubmitOutcome::UpstreamUnavailable(_)),
+        "{outcome:?}"
+    );
     env.fake.set_mode(Mode::Slow(Duration::from_millis(2000)));
     let outcome = env.imagine(ALICE, "slow").await;
-    assert!(matches!(outcome, SubmitOutcome::UpstreamTimedOut), "{outcome:?}");
+    assert!(
+        matches!(outcome, SubmitOutcome::UpstreamTimedOut),
+        "{outcome:?}"
+    );
     env.fake.set_mode(Mode::Normal);
     let outcome = env.imagine(ALICE, "\0").await;
     assert!(matches!(outcome, SubmitOutcome::Invalid(_)), "{outcome:?}");
@@ -283,7 +310,11 @@ async fn failed_submits_release_their_reservation(kind: Kind) {
         matches!(outcome, SubmitOutcome::InsufficientQuota { price: IMAGINE }),
         "{outcome:?}"
     );
-    assert_eq!(env.fake.submit_calls(), calls, "refused before the upstream");
+    assert_eq!(
+        env.fake.submit_calls(),
+        calls,
+        "refused before the upstream"
+    );
     assert_eq!(env.quota(ALICE).await, QUOTA);
     assert_eq!(env.quota(2).await, IMAGINE - 1);
     assert_eq!(env.journaled().await, 0);
@@ -455,7 +486,10 @@ async fn code_21_answers_show_images_through_the_presenter(kind: Kind) {
         format!("https://gateway.example/mj/image/{}?signed", task.mj_id)
     );
     assert!(!serde_json::to_string(&answer).unwrap().contains("cdn.fake"));
-    assert_eq!(task.image_url, format!("https://cdn.fake/{}.png", task.mj_id));
+    assert_eq!(
+        task.image_url,
+        format!("https://cdn.fake/{}.png", task.mj_id)
+    );
     let fetched = env.relay.fetch(ALICE, &task.mj_id).await.unwrap().unwrap();
     assert_eq!(fetched.image_url.as_deref(), Some(shown));
     assert_eq!(

@@ -189,7 +189,13 @@ fn task_json(id: &str, task: &FakeTask, steps: u32) -> Value {
                 json!("[Banned prompt] fake failure"),
                 json!(now_ms()),
             ),
-            Outcome::Cancel => ("CANCEL", json!(""), Value::Null, Value::Null, json!(now_ms())),
+            Outcome::Cancel => (
+                "CANCEL",
+                json!(""),
+                Value::Null,
+                Value::Null,
+                json!(now_ms()),
+            ),
             _ => (
                 "SUCCESS",
                 json!("100%"),

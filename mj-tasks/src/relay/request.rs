@@ -587,7 +587,9 @@ mod tests {
             parse_simple_change("123 V4"),
             Some(("123".into(), TaskAction::Variation))
         );
-        for bad in ["", "123", "123 U5", "123 U0", "123 U1 x", "123 Ü1", "123 V", "123 UU"] {
+        for bad in [
+            "", "123", "123 U5", "123 U0", "123 U1 x", "123 Ü1", "123 V", "123 UU",
+        ] {
             assert_eq!(parse_simple_change(bad), None, "{bad}");
         }
     }
@@ -602,16 +604,36 @@ mod tests {
             (SubmitKind::Imagine, json!({}), Some("prompt")),
             (SubmitKind::Imagine, json!({"prompt": 5}), None),
             (SubmitKind::Imagine, json!({"prompt": "  "}), Some("prompt")),
-            (SubmitKind::Imagine, json!({"prompt": "x", "base64Array": "no"}), None),
-            (SubmitKind::Imagine, json!({"prompt": "a\u{0}b"}), Some("prompt")),
-            (SubmitKind::Imagine, json!({"prompt": "x", "state": "\u{0}"}), Some("state")),
+            (
+                SubmitKind::Imagine,
+                json!({"prompt": "x", "base64Array": "no"}),
+                None,
+            ),
+            (
+                SubmitKind::Imagine,
+                json!({"prompt": "a\u{0}b"}),
+                Some("prompt"),
+            ),
+            (
+                SubmitKind::Imagine,
+                json!({"prompt": "x", "state": "\u{0}"}),
+                Some("state"),
+            ),
             (
                 SubmitKind::Imagine,
                 json!({"prompt": "x", "base64Array": ["ok", "\u{0}"]}),
                 Some("base64Array"),
             ),
-            (SubmitKind::Change, json!({"taskId": "1", "action": null}), Some("action")),
-            (SubmitKind::Change, json!({"taskId": "1", "action": "UPSCALE"}), Some("index")),
+            (
+                SubmitKind::Change,
+                json!({"taskId": "1", "action": null}),
+                Some("action"),
+            ),
+            (
+                SubmitKind::Change,
+                json!({"taskId": "1", "action": "UPSCALE"}),
+                Some("index"),
+            ),
             (
                 SubmitKind::Change,
                 json!({"taskId": "1", "action": "UPSCALE", "index": 9}),
@@ -627,23 +649,47 @@ mod tests {
                 json!({"taskId": "x".repeat(300), "action": "REROLL"}),
                 Some("taskId"),
             ),
-            (SubmitKind::SimpleChange, json!({"content": "1 Z9"}), Some("content")),
-            (SubmitKind::SimpleChange, json!({"content": "\u{0} U1"}), Some("content")),
-            (SubmitKind::Action, json!({"taskId": "1", "customId": "💥"}), Some("customId")),
-            (SubmitKind::Action, json!({"taskId": "1", "customId": 42}), None),
+            (
+                SubmitKind::SimpleChange,
+                json!({"content": "1 Z9"}),
+                Some("content"),
+            ),
+            (
+                SubmitKind::SimpleChange,
+                json!({"content": "\u{0} U1"}),
+                Some("content"),
+            ),
+            (
+                SubmitKind::Action,
+                json!({"taskId": "1", "customId": "💥"}),
+                Some("customId"),
+            ),
+            (
+                SubmitKind::Action,
+                json!({"taskId": "1", "customId": 42}),
+                None,
+            ),
             (
                 SubmitKind::Action,
                 json!({"taskId": "1", "customId": "MJ::JOB::upsample::1::\u{0}"}),
                 Some("customId"),
             ),
-            (SubmitKind::Blend, json!({"base64Array": ["a"]}), Some("base64Array")),
+            (
+                SubmitKind::Blend,
+                json!({"base64Array": ["a"]}),
+                Some("base64Array"),
+            ),
             (
                 SubmitKind::Blend,
                 json!({"base64Array": ["a", "b"], "dimensions": "HUGE"}),
                 Some("dimensions"),
             ),
             (SubmitKind::Describe, json!({"base64": ""}), Some("base64")),
-            (SubmitKind::Modal, json!({"taskId": "1", "maskBase64": "\u{0}"}), Some("maskBase64")),
+            (
+                SubmitKind::Modal,
+                json!({"taskId": "1", "maskBase64": "\u{0}"}),
+                Some("maskBase64"),
+            ),
             (SubmitKind::Shorten, json!({"prompt": null}), Some("prompt")),
         ];
         for (kind, body, field) in cases {
@@ -661,7 +707,10 @@ mod tests {
 
     #[test]
     fn plans_say_what_is_billed() {
-        let reroll = plan(SubmitKind::Change, json!({"taskId": " 1 ", "action": "REROLL"}));
+        let reroll = plan(
+            SubmitKind::Change,
+            json!({"taskId": " 1 ", "action": "REROLL"}),
+        );
         assert_eq!(
             reroll.unwrap(),
             SubmitPlan {
@@ -677,7 +726,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (imagine.action, imagine.prompt.as_str(), imagine.state.as_str()),
+            (
+                imagine.action,
+                imagine.prompt.as_str(),
+                imagine.state.as_str()
+            ),
             (TaskAction::Imagine, "a red fox", "s1")
         );
         let zoom = plan(
@@ -699,7 +752,8 @@ mod tests {
             "prompt": "cat", "notifyHook": "http://evil", "botType": "NIJI_JOURNEY",
             "accountFilter": {"remark": "x"}, "state": null
         });
-        let request = SubmitRequest::parse(SubmitKind::Imagine, body.to_string().as_bytes()).unwrap();
+        let request =
+            SubmitRequest::parse(SubmitKind::Imagine, body.to_string().as_bytes()).unwrap();
         assert_eq!(request.kind(), SubmitKind::Imagine);
         assert_eq!(
             request.to_upstream_json(),
@@ -711,18 +765,24 @@ mod tests {
     fn list_by_condition_bodies() {
         assert_eq!(ListByConditionRequest::parse(b"{}").unwrap().ids, None);
         assert_eq!(
-            ListByConditionRequest::parse(br#"{"ids":["a","b"]}"#).unwrap().ids,
+            ListByConditionRequest::parse(br#"{"ids":["a","b"]}"#)
+                .unwrap()
+                .ids,
             Some(vec!["a".to_owned(), "b".to_owned()])
         );
         assert_eq!(
-            ListByConditionRequest::parse(br#"{"ids":"a"}"#).unwrap_err().field,
+            ListByConditionRequest::parse(br#"{"ids":"a"}"#)
+                .unwrap_err()
+                .field,
             Some("ids")
         );
         assert!(ListByConditionRequest::parse(b"[]").is_err());
         let many: Vec<String> = (0..=MAX_LIST_IDS).map(|n| n.to_string()).collect();
         let body = json!({ "ids": many }).to_string();
         assert_eq!(
-            ListByConditionRequest::parse(body.as_bytes()).unwrap_err().field,
+            ListByConditionRequest::parse(body.as_bytes())
+                .unwrap_err()
+                .field,
             Some("ids")
         );
     }

@@ -31,11 +31,11 @@ pub use mysql::MySqlTaskStore;
 #[cfg(any(test, feature = "mock"))]
 pub use poll::MockPollStore;
 pub use poll::{PollStore, SqlPollStore, WriteOutcome};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresTaskStore;
 #[cfg(any(test, feature = "mock"))]
 pub use reservations::MockReservationStore;
 pub use reservations::{Reservation, ReservationStore, Settled, SqlReservationStore};
-#[cfg(feature = "postgres")]
-pub use postgres::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteTaskStore;
 

@@ -28,8 +28,8 @@ pub trait PollStore: Send + Sync {
     /// Writes `task` if the stored row still has `task.version` (as
     /// [`TaskStore::update_if_version`](crate::TaskStore::update_if_version)), and, when the new
     /// status is `FAILURE` or `CANCEL` and the task was charged (`quota > 0`), refunds that charge
-    /// through the ledger **in the same transaction**, recording it in `mj_refunds` (keyed by task id) so it
-    /// can never happen twice.
+    /// through the ledger **in the same transaction**, recording it in `mj_refunds` (keyed by task
+    /// id) so it can never happen twice.
     async fn write_outcome(&self, task: &Task) -> Result<WriteOutcome, StoreError>;
 
     /// [`Self::write_outcome`] for many tasks in **one** transaction (one commit for the lot),

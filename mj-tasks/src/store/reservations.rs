@@ -69,8 +69,7 @@ pub trait ReservationStore: Send + Sync {
 
     /// Releases up to `limit` journal rows created before `created_before_ms`, oldest first;
     /// returns how many this call released.
-    async fn release_expired(&self, created_before_ms: i64, limit: u32)
-    -> Result<u64, StoreError>;
+    async fn release_expired(&self, created_before_ms: i64, limit: u32) -> Result<u64, StoreError>;
 }
 
 /// [`ReservationStore`] over a [`SqlStore`] and a [`QuotaLedger`] that shares its database.
@@ -101,12 +100,17 @@ impl SqlReservationStore {
 macro_rules! insert_id {
     (returning, $builder:ident, $conn:expr) => {{
         $builder.push(" RETURNING id");
-        $builder.build_query_scalar::<i64>().fetch_one($conn).await?
+        $builder
+            .build_query_scalar::<i64>()
+            .fetch_one($conn)
+            .await?
     }};
     (last_insert_id, $builder:ident, $conn:expr) => {{
         let result = $builder.build().execute($conn).await?;
         i64::try_from(result.last_insert_id()).map_err(|_| {
-            StoreError::from(sqlx::Error::Protocol("insert id does not fit in i64".into()))
+            StoreError::from(sqlx::Error::Protocol(
+                "insert id does not fit in i64".into(),
+            ))
         })?
     }};
 }
@@ -292,11 +296,7 @@ impl ReservationStore for SqlReservationStore {
         dispatch!(self, release(ledger, reservation))
     }
 
-    async fn release_expired(
-        &self,
-        created_before_ms: i64,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
+    async fn release_expired(&self, created_before_ms: i64, limit: u32) -> Result<u64, StoreError> {
         let expired = dispatch!(self, expired(created_before_ms, limit))?;
         let mut released = 0;
         for reservation in &expired {
