@@ -1,14 +1,16 @@
 //! The subcommands: serve, user, channel, seed.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use mj_tasks::synthetic::SyntheticSpec;
+use mj_tasks::text::{TextError, can_match_short, check_long, check_short};
 use mj_tasks::bulk::BulkLoader;
-use mj_tasks::{NewChannel, NewTask, StoreError};
+use mj_tasks::{NewChannel, NewTask, SqlStore, StoreError};
 use tokio::net::TcpListener;
 
 use crate::config::{ChannelCommand, Cli, Command, SeedArgs, UserCommand};
-use crate::users::{AccessToken, Role, User};
+use crate::users::{AccessToken, Role, User, UserStore};
 use crate::{App, OpenError, Settings};
 
 /// Why a command failed; printed as `error: ...` with exit status 1.
@@ -43,6 +45,9 @@ pub enum CliError {
     /// A value a command refuses.
     #[error("{0}")]
     Invalid(String),
+    /// A value no database can store (too long for its column).
+    #[error("{0}")]
+    Unstorable(#[from] TextError),
 }
 
 impl From<OpenError> for CliError {
@@ -59,9 +64,27 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = cli.settings;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
-        Command::User { command } => user(App::open(settings).await?, command).await,
-        Command::Channel { command } => channel(App::open(settings).await?, command).await,
-        Command::Seed(args) => seed(App::open(settings).await?, args).await,
+        Command::User { command } => user(Accounts::open(&settings).await?, command).await,
+        Command::Channel { command } => channel(Accounts::open(&settings).await?, command).await,
+        Command::Seed(args) => {
+            seed(Accounts::open(&settings).await?, &settings.database_url, args).await
+        }
+    }
+}
+
+/// What the user, channel and seed commands need: the database and its users. Unlike
+/// [`App::open`] this opens no image cache, loads no signing key and builds no HTTP client, so
+/// managing accounts works even when those settings are broken.
+struct Accounts {
+    store: SqlStore,
+    users: Arc<dyn UserStore>,
+}
+
+impl Accounts {
+    async fn open(settings: &Settings) -> Result<Self, CliError> {
+        let store = mj_tasks::connect(&settings.database_url).await?;
+        let users = crate::users::open_user_store(&store).await?;
+        Ok(Self { store, users })
     }
 }
 
@@ -94,6 +117,15 @@ fn validate_name(name: &str) -> Result<&str, CliError> {
     Ok(name)
 }
 
+/// A user name to look up: one no database can store names nobody.
+fn existing_name(name: &str) -> Result<&str, CliError> {
+    if can_match_short(name) {
+        Ok(name)
+    } else {
+        Err(CliError::UnknownUser(name.to_owned()))
+    }
+}
+
 fn validate_quota(quota: i64) -> Result<i64, CliError> {
     if quota < 0 {
         return Err(CliError::Invalid("quota must not be negative".to_owned()));
@@ -102,13 +134,13 @@ fn validate_quota(quota: i64) -> Result<i64, CliError> {
 }
 
 async fn create_user(
-    app: &App,
+    accounts: &Accounts,
     name: &str,
     role: Role,
     quota: i64,
 ) -> Result<(User, AccessToken), CliError> {
     let token = AccessToken::generate();
-    match app
+    match accounts
         .users
         .create_user(name, role, quota, &token.hash())
         .await
@@ -119,12 +151,12 @@ async fn create_user(
     }
 }
 
-async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
+async fn user(accounts: Accounts, command: UserCommand) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match command {
         UserCommand::Add { name, role, quota } => {
             let name = validate_name(&name)?;
-            let (user, token) = create_user(&app, name, role, validate_quota(quota)?).await?;
+            let (user, token) = create_user(&accounts, name, role, validate_quota(quota)?).await?;
             writeln!(
                 out,
                 "created user {:?} (id {}, role {})",
@@ -135,7 +167,7 @@ async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
             writeln!(out, "{}", token.reveal())?;
         }
         UserCommand::List { json } => {
-            let users = app.users.list_users().await?;
+            let users = accounts.users.list_users().await?;
             if json {
                 let rows: Vec<_> = users
                     .iter()
@@ -167,16 +199,20 @@ async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
             }
         }
         UserCommand::Disable { name } => {
-            set_enabled(&app, &name, false).await?;
+            set_enabled(&accounts, &name, false).await?;
             writeln!(out, "disabled user {name:?}")?;
         }
         UserCommand::Enable { name } => {
-            set_enabled(&app, &name, true).await?;
+            set_enabled(&accounts, &name, true).await?;
             writeln!(out, "enabled user {name:?}")?;
         }
         UserCommand::Token { name } => {
             let token = AccessToken::generate();
-            if !app.users.set_token_hash(&name, &token.hash()).await? {
+            let found = accounts
+                .users
+                .set_token_hash(existing_name(&name)?, &token.hash())
+                .await?;
+            if !found {
                 return Err(CliError::UnknownUser(name));
             }
             writeln!(
@@ -186,13 +222,17 @@ async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
             writeln!(out, "{}", token.reveal())?;
         }
         UserCommand::Quota { name, quota } => {
-            if !app.users.set_quota(&name, validate_quota(quota)?).await? {
+            let found = accounts
+                .users
+                .set_quota(existing_name(&name)?, validate_quota(quota)?)
+                .await?;
+            if !found {
                 return Err(CliError::UnknownUser(name));
             }
             writeln!(out, "quota of {name:?} set to {quota}")?;
         }
     }
-    app.store.close().await;
+    accounts.store.close().await;
     Ok(())
 }
 
@@ -200,15 +240,20 @@ fn status_name(user: &User) -> &'static str {
     if user.enabled { "enabled" } else { "disabled" }
 }
 
-async fn set_enabled(app: &App, name: &str, enabled: bool) -> Result<(), CliError> {
-    if app.users.set_enabled(name, enabled).await? {
+async fn set_enabled(accounts: &Accounts, name: &str, enabled: bool) -> Result<(), CliError> {
+    if accounts
+        .users
+        .set_enabled(existing_name(name)?, enabled)
+        .await?
+    {
         Ok(())
     } else {
         Err(CliError::UnknownUser(name.to_owned()))
     }
 }
 
-async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
+async fn channel(accounts: Accounts, command: ChannelCommand) -> Result<(), CliError> {
+    let channels = accounts.store.channels();
     let mut out = std::io::stdout().lock();
     match command {
         ChannelCommand::Add {
@@ -223,13 +268,16 @@ async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
                     "--base-url must be an http:// or https:// URL, got {base_url:?}"
                 )));
             }
-            if name.trim().is_empty() {
+            let name = name.trim();
+            if name.is_empty() {
                 return Err(CliError::Invalid("--name must not be empty".to_owned()));
             }
-            let channel = app
-                .channels
+            check_short("--name", name)?;
+            check_long("--base-url", &base_url)?;
+            check_long("--secret", &secret)?;
+            let channel = channels
                 .add_channel(&NewChannel {
-                    name: name.trim().to_owned(),
+                    name: name.to_owned(),
                     base_url,
                     secret,
                 })
@@ -243,7 +291,7 @@ async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
         }
         ChannelCommand::List => {
             writeln!(out, "{:<6} {:<20} {:<9} BASE_URL", "ID", "NAME", "STATUS")?;
-            for c in app.channels.list_channels().await? {
+            for c in channels.list_channels().await? {
                 let status = if c.enabled { "enabled" } else { "disabled" };
                 writeln!(
                     out,
@@ -253,13 +301,13 @@ async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
             }
         }
         ChannelCommand::Disable { id } => {
-            if !app.channels.set_channel_enabled(id, false).await? {
+            if !channels.set_channel_enabled(id, false).await? {
                 return Err(CliError::UnknownChannel(id));
             }
             writeln!(out, "disabled channel {id}")?;
         }
     }
-    app.store.close().await;
+    accounts.store.close().await;
     Ok(())
 }
 
@@ -267,14 +315,14 @@ async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
 /// generating the next chunk overlaps inserting this one without holding much memory.
 const SEED_CHUNK: u64 = 50_000;
 
-async fn seed(app: App, args: SeedArgs) -> Result<(), CliError> {
+async fn seed(accounts: Accounts, url: &str, args: SeedArgs) -> Result<(), CliError> {
     let name = validate_name(&args.user)?.to_owned();
-    let heavy = seed_user(&app, &name, true).await?;
+    let heavy = seed_user(&accounts, &name, true).await?;
     let mut light_users = Vec::with_capacity(args.light_users as usize);
     for index in 1..=args.light_users {
         let light_name = format!("{name}-{index}");
         validate_name(&light_name)?;
-        light_users.push(seed_user(&app, &light_name, false).await?.id);
+        light_users.push(seed_user(&accounts, &light_name, false).await?.id);
     }
     if args.light_users > 0 {
         println!(
@@ -292,8 +340,8 @@ async fn seed(app: App, args: SeedArgs) -> Result<(), CliError> {
     spec.seed ^= mj_tasks::now_millis() as u64;
 
     // The loader's own connection, tuned for bulk appends, does the writing.
-    app.store.close().await;
-    let loader = BulkLoader::connect(&app.settings.database_url).await?;
+    accounts.store.close().await;
+    let loader = BulkLoader::connect(url).await?;
     let bar = indicatif::ProgressBar::new(args.tasks);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -347,11 +395,11 @@ async fn seed(app: App, args: SeedArgs) -> Result<(), CliError> {
 
 /// The user named `name`, created when missing; the heavy user's new token is printed, as
 /// `user add` does.
-async fn seed_user(app: &App, name: &str, show_token: bool) -> Result<User, CliError> {
-    if let Some(user) = app.users.user_by_name(name).await? {
+async fn seed_user(accounts: &Accounts, name: &str, show_token: bool) -> Result<User, CliError> {
+    if let Some(user) = accounts.users.user_by_name(name).await? {
         return Ok(user);
     }
-    let (user, token) = create_user(app, name, Role::User, 0).await?;
+    let (user, token) = create_user(accounts, name, Role::User, 0).await?;
     if show_token {
         println!("created user {name:?} (id {}); access token:", user.id);
         println!("{}", token.reveal());
