@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use mj_tasks::bulk::BulkLoader;
 use mj_tasks::synthetic::SyntheticSpec;
 use mj_tasks::text::{TextError, can_match_short, check_long, check_short};
-use mj_tasks::bulk::BulkLoader;
 use mj_tasks::{NewChannel, NewTask, SqlStore, StoreError};
 use tokio::net::TcpListener;
 
@@ -67,7 +67,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::User { command } => user(Accounts::open(&settings).await?, command).await,
         Command::Channel { command } => channel(Accounts::open(&settings).await?, command).await,
         Command::Seed(args) => {
-            seed(Accounts::open(&settings).await?, &settings.database_url, args).await
+            seed(
+                Accounts::open(&settings).await?,
+                &settings.database_url,
+                args,
+            )
+            .await
         }
     }
 }
