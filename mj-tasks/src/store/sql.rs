@@ -269,14 +269,18 @@ pub(crate) enum FilterValues {
     MySqlLiterals,
 }
 
-/// Appends the `WHERE` clause of `query` (nothing when it has no filter).
+/// Appends the `WHERE` clause of `query` (nothing when it has no filter), and `id < before_id`
+/// when given (the keyset bound of a cursor page).
 ///
-/// Each filter maps onto an index prefix: `user_id` leads `(user_id, id)` and
-/// `(user_id, submit_time)`, `channel_id` leads `(channel_id, id)`, `submit_time` alone has
-/// `(submit_time)`, `mj_id` has `(mj_id)`; see the migrations.
+/// Each filter maps onto an index prefix (see the migrations): `user_id` leads `(user_id, id)`,
+/// `(user_id, submit_time)`, `(user_id, mj_id)` and `(user_id, status)`; `channel_id` leads
+/// `(channel_id, id)`, `(channel_id, submit_time)` and `(channel_id, status)`; `status`,
+/// `action`, `submit_time` and `mj_id` have their own. Equality prefixes of an index keep its
+/// entries in `id` order, so `ORDER BY id DESC` and the `id` bound read them without a sort.
 pub(crate) fn push_where<DB>(
     builder: &mut QueryBuilder<DB>,
     query: &TaskQuery,
+    before_id: Option<i64>,
     values: FilterValues,
 ) where
     DB: Database,
@@ -301,6 +305,7 @@ pub(crate) fn push_where<DB>(
             "action = ",
             query.action.as_ref().map(|a| Value::Text(a.as_str())),
         ),
+        ("id < ", before_id.map(Value::Int)),
     ];
     let mut keyword = " WHERE ";
     for (column, value) in filters {
@@ -330,20 +335,22 @@ fn mysql_text_literal(value: &str) -> String {
 }
 
 /// Appends the rest of a page query after [`SELECT_TASKS`]: `WHERE`, order, limit and offset.
+/// It reads one row more than the page holds, so that the caller knows whether a next page
+/// exists (see [`Page::from_rows`](crate::Page::from_rows)).
 ///
-/// Page 1 without a time range reads rows straight down an index that is already in `id`
-/// order: `(user_id)`, `(channel_id)` or the primary key. Deeper pages and time ranges go
-/// through a deferred join that picks the page's ids from an index alone and then reads only
-/// those rows, because selecting whole rows lets planners go wrong on large tables:
+/// Page 1 without a time range, and any cursor page without one, reads rows straight down an
+/// index that is already in `id` order (`(user_id)`, `(status)`, `(channel_id, status)`, ... or
+/// the primary key), from the top or from the cursor's `id` bound. Deeper pages by number and
+/// time ranges go through a deferred join that picks the page's ids from an index alone and
+/// then reads only those rows, because selecting whole rows lets planners go wrong on large
+/// tables:
 /// - an offset would otherwise skip whole rows instead of index entries;
 /// - with a time range, SQLite sorts every matching row with all its columns, and PostgreSQL
 ///   and MariaDB walk the primary key backwards, filtering until the window starts (589,000
 ///   rows for a week half a year back in 1M), because they assume the matches are spread
 ///   evenly over `id` while `submit_time` grows with it. Ordering by `id + 0` keeps them off
-///   that walk and on the `(user_id, submit_time)` / `(submit_time)` range, whose entries the
-///   exact total reads anyway: the page then costs at most a sort of what the count has
-///   already counted, never a scan of the table, and usually a sort of one page (see the
-///   lower bound below).
+///   that walk and on the `(user_id, submit_time)` / `(channel_id, submit_time)` /
+///   `(submit_time)` range, and a lower bound on `id` (below) keeps the sort to about a page.
 pub(crate) fn push_page<DB>(
     builder: &mut QueryBuilder<DB>,
     query: &TaskQuery,
@@ -353,38 +360,58 @@ pub(crate) fn push_page<DB>(
     i64: for<'t> Encode<'t, DB> + Type<DB>,
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
 {
-    let has_range = query.submitted_from.is_some() || query.submitted_to.is_some();
-    if page.offset() == 0 && !has_range {
-        push_where(builder, query, FilterValues::Bound);
-        builder
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(page.page_size()));
+    let cursor = page.cursor();
+    let before_id = cursor.map(|position| position.last_id);
+    let limit = i64::from(page.page_size()) + 1;
+    if page.offset() == 0 && !query.has_range() {
+        push_where(builder, query, before_id, FilterValues::Bound);
+        builder.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
         return;
     }
     // The derived table exposes only `page_id`, so the outer column list stays unqualified.
     builder.push(" JOIN (SELECT id AS page_id FROM midjourneys");
-    push_where(builder, query, FilterValues::Bound);
-    if has_range {
-        // Any `offset + page_size` ids of the range bound its `offset + page_size` largest
-        // ids from below, and the newest entries of the range index are such ids, read
-        // without a sort. Only entries at or above that bound reach the sort: about a page's
-        // worth when ids grow with submit times, as ours do, and never a wrong answer when
-        // they do not. `id + 0` keeps the bound from becoming a walk of an `id` index.
-        let wanted = u64::from(page.page_size()).saturating_add(page.offset());
-        builder.push(" AND id + 0 >= (SELECT MIN(id) FROM (SELECT id FROM midjourneys");
-        push_where(builder, query, FilterValues::Bound);
+    push_where(builder, query, before_id, FilterValues::Bound);
+    if query.has_range() {
+        // Any `wanted` ids of the rows to page bound their `wanted` largest ids from below, and
+        // the newest entries of the range index are such ids, read without a sort. Only entries
+        // at or above that bound reach the sort: about a page's worth when ids grow with submit
+        // times, as ours do, and never a wrong answer when they do not. `id + 0` keeps the
+        // bound from becoming a walk of an `id` index.
+        let wanted = to_i64(u64::try_from(limit).unwrap_or(0).saturating_add(page.offset()));
+        builder.push(" AND id + 0 >= (SELECT ");
+        match cursor {
+            None => {
+                builder.push("MIN(id) FROM (SELECT id FROM midjourneys");
+                push_where(builder, query, None, FilterValues::Bound);
+            }
+            Some(position) => {
+                // After a cursor the index walk starts at the cursor's submit time instead of
+                // the range's end, so deep pages cost what the first does. Fewer than `wanted`
+                // entries there prove nothing about the rest: then there is no bound.
+                builder
+                    .push("CASE WHEN COUNT(*) < ")
+                    .push_bind(wanted)
+                    .push(" THEN ")
+                    .push_bind(i64::MIN)
+                    .push(" ELSE MIN(id) END FROM (SELECT id FROM midjourneys");
+                push_where(builder, query, before_id, FilterValues::Bound);
+                builder
+                    .push(" AND submit_time <= ")
+                    .push_bind(position.last_submit_time);
+            }
+        }
         builder
             .push(" ORDER BY submit_time DESC LIMIT ")
-            .push_bind(to_i64(wanted))
+            .push_bind(wanted)
             .push(") newest)");
     }
     builder
-        .push(if has_range {
+        .push(if query.has_range() {
             " ORDER BY id + 0 DESC LIMIT "
         } else {
             " ORDER BY id DESC LIMIT "
         })
-        .push_bind(i64::from(page.page_size()))
+        .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(to_i64(page.offset()))
         .push(") page_ids ON id = page_ids.page_id ORDER BY id DESC");
@@ -451,10 +478,15 @@ macro_rules! impl_sql_stores {
                     mj_id: Some(mj_id.to_owned()),
                     ..$crate::TaskQuery::default()
                 };
+                if !query.can_match() {
+                    return Ok(None);
+                }
+                // `(user_id, mj_id)` or `(mj_id)`: one index probe, entries in id order.
                 let mut builder = sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS);
                 $crate::store::sql::push_where(
                     &mut builder,
                     &query,
+                    None,
                     $crate::store::sql::FilterValues::Bound,
                 );
                 builder.push(" ORDER BY id DESC LIMIT 1");
@@ -469,7 +501,7 @@ macro_rules! impl_sql_stores {
                 page: $crate::PageRequest,
             ) -> Result<$crate::Page<$crate::Task>, $crate::StoreError> {
                 use $crate::store::sql::{FilterValues, push_page, push_where};
-                if query.is_empty_range() {
+                if !query.can_match() {
                     return Ok($crate::Page::empty(page, 0));
                 }
                 let (total, rows) = if <$store>::TOTAL_IN_PAGE_STATEMENT {
@@ -477,7 +509,7 @@ macro_rules! impl_sql_stores {
                     // and comes with every row (so from the same snapshot as the page).
                     let mut builder =
                         sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS_WITH_TOTAL);
-                    push_where(&mut builder, query, FilterValues::Bound);
+                    push_where(&mut builder, query, None, FilterValues::Bound);
                     builder.push(") AS total FROM midjourneys");
                     push_page(&mut builder, query, page);
                     let rows: Vec<$crate::store::sql::PageRow> =
@@ -485,7 +517,7 @@ macro_rules! impl_sql_stores {
                     let total = match rows.first() {
                         Some(row) => u64::try_from(row.total).unwrap_or(0),
                         // An empty first page means nothing matches; past the end, count.
-                        None if page.offset() == 0 => 0,
+                        None if page.offset() == 0 && page.cursor().is_none() => 0,
                         None => self.count(query).await?,
                     };
                     (total, rows.into_iter().map(|row| row.task).collect())
@@ -502,20 +534,16 @@ macro_rules! impl_sql_stores {
                     // connections they overlap instead of adding up.
                     futures_util::future::try_join(self.count(query), rows).await?
                 };
-                if page.offset() >= total {
+                if page.cursor().is_none() && page.offset() >= total {
                     return Ok($crate::Page::empty(page, total));
                 }
-                Ok($crate::Page {
-                    items: rows.into_iter().map(Into::into).collect(),
-                    total,
-                    page: page.page(),
-                    page_size: page.page_size(),
-                })
+                let rows = rows.into_iter().map($crate::Task::from).collect();
+                Ok($crate::Page::from_rows(query, page, total, rows))
             }
 
             async fn count(&self, query: &$crate::TaskQuery) -> Result<u64, $crate::StoreError> {
                 use sqlx::Row as _;
-                if query.is_empty_range() {
+                if !query.can_match() {
                     return Ok(0);
                 }
                 let mut builder =
@@ -524,6 +552,7 @@ macro_rules! impl_sql_stores {
                     $crate::store::sql::push_where(
                         &mut builder,
                         query,
+                        None,
                         $crate::store::sql::FilterValues::MySqlLiterals,
                     );
                     sqlx::raw_sql(builder.into_sql())
@@ -534,6 +563,7 @@ macro_rules! impl_sql_stores {
                     $crate::store::sql::push_where(
                         &mut builder,
                         query,
+                        None,
                         $crate::store::sql::FilterValues::Bound,
                     );
                     builder.build_query_scalar().fetch_one(&self.pool).await?
@@ -573,6 +603,13 @@ macro_rules! impl_sql_stores {
 
             async fn ping(&self) -> Result<(), $crate::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn refresh_statistics(&self) -> Result<(), $crate::StoreError> {
+                for &statement in <$store>::REFRESH_STATISTICS {
+                    sqlx::raw_sql(statement).fetch_all(&self.pool).await?;
+                }
                 Ok(())
             }
         }
@@ -671,7 +708,7 @@ mod tests {
                 .submitted_between(Some(10), Some(20))
         };
         let mut inlined = QueryBuilder::<sqlx::MySql>::new("SELECT COUNT(*) FROM midjourneys");
-        push_where(&mut inlined, &query, FilterValues::MySqlLiterals);
+        push_where(&mut inlined, &query, None, FilterValues::MySqlLiterals);
         assert_eq!(
             inlined.sql().as_str(),
             "SELECT COUNT(*) FROM midjourneys WHERE user_id = -7 AND channel_id = 3 \
@@ -680,7 +717,7 @@ mod tests {
              AND action = _utf8mb4 X'494d4147494e45'"
         );
         let mut bound = QueryBuilder::<sqlx::MySql>::new("SELECT COUNT(*) FROM midjourneys");
-        push_where(&mut bound, &query, FilterValues::Bound);
+        push_where(&mut bound, &query, None, FilterValues::Bound);
         assert_eq!(bound.sql().as_str().matches('?').count(), 7);
         assert!(!bound.sql().as_str().contains("X'"));
     }
