@@ -411,7 +411,12 @@ async fn status_action_user_filters_and_cursors() {
     );
 
     // A cursor walk over alice's four tasks, two at a time.
-    let (_, first) = get(&f.app, "/api/mj/self?page_size=2", &[("authorization", &alice)]).await;
+    let (_, first) = get(
+        &f.app,
+        "/api/mj/self?page_size=2",
+        &[("authorization", &alice)],
+    )
+    .await;
     let cursor = first["data"]["next_cursor"].as_str().unwrap().to_owned();
     let (status, second) = get(
         &f.app,
@@ -420,7 +425,10 @@ async fn status_action_user_filters_and_cursors() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!((total(&second), second["data"]["page"].as_i64()), (Some(4), Some(2)));
+    assert_eq!(
+        (total(&second), second["data"]["page"].as_i64()),
+        (Some(4), Some(2))
+    );
     assert_eq!(second["data"]["next_cursor"], Value::Null, "last page");
     let walked: Vec<i64> = [&first, &second]
         .iter()
@@ -431,7 +439,10 @@ async fn status_action_user_filters_and_cursors() {
     assert!(walked.windows(2).all(|pair| pair[0] > pair[1]));
     // The same cursor on another list (other filters, other owner) is refused.
     for (path, token) in [
-        (format!("/api/mj/self?status=SUCCESS&cursor={cursor}"), &alice),
+        (
+            format!("/api/mj/self?status=SUCCESS&cursor={cursor}"),
+            &alice,
+        ),
         (format!("/api/mj/?cursor={cursor}"), &admin),
     ] {
         let (status, body) = get(&f.app, &path, &[("authorization", token)]).await;

@@ -203,7 +203,7 @@ impl CursorPosition {
             buffer
         };
         let page = u64::from_be_bytes(word(2));
-        if page < 2 || page > PageRequest::MAX_PAGE {
+        if !(2..=PageRequest::MAX_PAGE).contains(&page) {
             return Err(invalid());
         }
         Ok(Self {
@@ -651,8 +651,14 @@ mod tests {
         assert_eq!((page.page(), page.page_size(), page.offset()), (2, 5, 0));
         // Same cursor, other filters or another owner: refused, naming `cursor`.
         for (raw, audience) in [
-            (format!("status=FAILURE&cursor={cursor}"), Audience::Owner(4)),
-            (format!("status=SUCCESS&cursor={cursor}"), Audience::Owner(5)),
+            (
+                format!("status=FAILURE&cursor={cursor}"),
+                Audience::Owner(4),
+            ),
+            (
+                format!("status=SUCCESS&cursor={cursor}"),
+                Audience::Owner(5),
+            ),
             (format!("status=SUCCESS&cursor={cursor}"), Audience::Admin),
         ] {
             let error = parse_list_query(&raw, audience).unwrap_err();
@@ -676,10 +682,22 @@ mod tests {
     fn unstorable_text_filters_match_nothing() {
         assert!(TaskQuery::all().can_match());
         assert!(!TaskQuery::all().with_mj_id("a\0").can_match());
-        assert!(!TaskQuery::all().with_status(TaskStatus::parse("\0")).can_match());
+        assert!(
+            !TaskQuery::all()
+                .with_status(TaskStatus::parse("\0"))
+                .can_match()
+        );
         let long = "x".repeat(crate::text::SHORT_TEXT_MAX_CHARS + 1);
-        assert!(!TaskQuery::all().with_action(TaskAction::parse(&long)).can_match());
-        assert!(!TaskQuery::all().submitted_between(Some(2), Some(1)).can_match());
+        assert!(
+            !TaskQuery::all()
+                .with_action(TaskAction::parse(&long))
+                .can_match()
+        );
+        assert!(
+            !TaskQuery::all()
+                .submitted_between(Some(2), Some(1))
+                .can_match()
+        );
     }
 
     #[test]

@@ -577,7 +577,13 @@ async fn status_action_and_owner_filters(store: &SqlStore, _: &TestDb) {
     }
     let too_long = "x".repeat(mj_tasks::text::SHORT_TEXT_MAX_CHARS + 1);
     assert_eq!(total(&format!("mj_id={too_long}")).await, 0);
-    assert!(tasks.find_by_mj_id(&too_long, None).await.unwrap().is_none());
+    assert!(
+        tasks
+            .find_by_mj_id(&too_long, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// Walks a list by cursor and checks it against the same list read in one page.
@@ -587,14 +593,18 @@ async fn walk(
     page_size: usize,
     between_pages: impl Fn(u64) -> Option<NewTask>,
 ) -> Vec<i64> {
-    let (query, first) = parse_list_query(&format!("{raw}&page_size={page_size}"), Audience::Admin)
-        .unwrap();
+    let (query, first) =
+        parse_list_query(&format!("{raw}&page_size={page_size}"), Audience::Admin).unwrap();
     let total = tasks.count(&query).await.unwrap();
     let mut page = tasks.list(&query, first).await.unwrap();
     let mut walked = ids(&page);
     let mut number: u64 = 1;
     while let Some(cursor) = page.next_cursor.clone() {
-        assert_eq!(page.items.len(), page_size, "{raw}: only the last page is short");
+        assert_eq!(
+            page.items.len(),
+            page_size,
+            "{raw}: only the last page is short"
+        );
         if let Some(new) = between_pages(number) {
             tasks.insert(&new).await.unwrap();
         }
@@ -704,12 +714,11 @@ async fn statistics_and_lookup_plans(store: &SqlStore, db: &TestDb) {
     let mj_tasks::SqlStore::Sqlite(sqlite) = store else {
         panic!("a SQLite URL opens a SQLite store");
     };
-    let analyzed: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sqlite_stat1 WHERE tbl = 'midjourneys'",
-    )
-    .fetch_one(sqlite.pool())
-    .await
-    .unwrap();
+    let analyzed: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_stat1 WHERE tbl = 'midjourneys'")
+            .fetch_one(sqlite.pool())
+            .await
+            .unwrap();
     assert!(analyzed > 0, "ANALYZE wrote statistics");
     for (statement, index) in [
         (
@@ -729,10 +738,12 @@ async fn statistics_and_lookup_plans(store: &SqlStore, db: &TestDb) {
         .await
         .unwrap_or_default();
         let plan = if plan.is_empty() {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {statement}")))
-                .fetch_all(sqlite.pool())
-                .await
-                .unwrap();
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {statement}"
+            )))
+            .fetch_all(sqlite.pool())
+            .await
+            .unwrap();
             rows.iter()
                 .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
                 .collect()

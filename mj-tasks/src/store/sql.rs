@@ -287,6 +287,34 @@ pub(crate) fn push_where<DB>(
     i64: for<'t> Encode<'t, DB> + Type<DB>,
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
 {
+    push_conditions(builder, query, before_id, values, RangeUse::Seek);
+}
+
+/// How the time range of a `WHERE` clause may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeUse {
+    /// As an index range, like every other filter.
+    Seek,
+    /// Only as a filter on rows already found (`submit_time + 0`), so that the planner walks an
+    /// `id`-ordered index between id bounds instead.
+    Filter,
+}
+
+fn push_conditions<DB>(
+    builder: &mut QueryBuilder<DB>,
+    query: &TaskQuery,
+    before_id: Option<i64>,
+    values: FilterValues,
+    range: RangeUse,
+) where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB>,
+{
+    let (from_column, to_column) = match range {
+        RangeUse::Seek => ("submit_time >= ", "submit_time <= "),
+        RangeUse::Filter => ("submit_time + 0 >= ", "submit_time + 0 <= "),
+    };
     enum Value<'a> {
         Int(i64),
         Text(&'a str),
@@ -295,8 +323,8 @@ pub(crate) fn push_where<DB>(
         ("user_id = ", query.owner.map(Value::Int)),
         ("channel_id = ", query.channel_id.map(Value::Int)),
         ("mj_id = ", query.mj_id.as_deref().map(Value::Text)),
-        ("submit_time >= ", query.submitted_from.map(Value::Int)),
-        ("submit_time <= ", query.submitted_to.map(Value::Int)),
+        (from_column, query.submitted_from.map(Value::Int)),
+        (to_column, query.submitted_to.map(Value::Int)),
         (
             "status = ",
             query.status.as_ref().map(|s| Value::Text(s.as_str())),
@@ -338,19 +366,22 @@ fn mysql_text_literal(value: &str) -> String {
 /// It reads one row more than the page holds, so that the caller knows whether a next page
 /// exists (see [`Page::from_rows`](crate::Page::from_rows)).
 ///
-/// Page 1 without a time range, and any cursor page without one, reads rows straight down an
-/// index that is already in `id` order (`(user_id)`, `(status)`, `(channel_id, status)`, ... or
-/// the primary key), from the top or from the cursor's `id` bound. Deeper pages by number and
-/// time ranges go through a deferred join that picks the page's ids from an index alone and
-/// then reads only those rows, because selecting whole rows lets planners go wrong on large
-/// tables:
-/// - an offset would otherwise skip whole rows instead of index entries;
-/// - with a time range, SQLite sorts every matching row with all its columns, and PostgreSQL
-///   and MariaDB walk the primary key backwards, filtering until the window starts (589,000
-///   rows for a week half a year back in 1M), because they assume the matches are spread
-///   evenly over `id` while `submit_time` grows with it. Ordering by `id + 0` keeps them off
-///   that walk and on the `(user_id, submit_time)` / `(channel_id, submit_time)` /
-///   `(submit_time)` range, and a lower bound on `id` (below) keeps the sort to about a page.
+/// Without a time range, a page walks an index whose entries are in `id` order — `(user_id)`,
+/// `(status)`, `(channel_id, status)`, ... or the primary key — from the top, or from the
+/// cursor's `id` bound, and stops after one page; deeper pages by number go through a deferred
+/// join that skips the offset over index entries, not whole rows.
+///
+/// A time range adds a lower `id` bound: the newest entries of the range's index
+/// (`(user_id, submit_time)`, `(channel_id, submit_time)`, `(submit_time)`), read without a
+/// sort, are `wanted` ids of the range, and any `wanted` ids of a set bound its `wanted` largest
+/// from below. Only entries at or above that bound reach the sort: about a page when ids grow
+/// with submit times, as ours do, and never a wrong answer when they do not.
+/// - Page `p` reads the range from its index (as its exact total used to) and sorts the
+///   entries above the bound; `id + 0` keeps PostgreSQL and MariaDB off a walk of the primary
+///   key from the top down to the window (589,000 rows for a week half a year back in 1M).
+/// - After a cursor both ends are ids, so the page walks the filter's `id`-ordered index between
+///   them (about a page of entries) and checks the range on those rows only (`submit_time + 0`
+///   keeps planners from scanning the whole range instead).
 pub(crate) fn push_page<DB>(
     builder: &mut QueryBuilder<DB>,
     query: &TaskQuery,
@@ -370,34 +401,47 @@ pub(crate) fn push_page<DB>(
     }
     // The derived table exposes only `page_id`, so the outer column list stays unqualified.
     builder.push(" JOIN (SELECT id AS page_id FROM midjourneys");
-    push_where(builder, query, before_id, FilterValues::Bound);
+    let range_use = if cursor.is_some() {
+        RangeUse::Filter
+    } else {
+        RangeUse::Seek
+    };
+    push_conditions(builder, query, before_id, FilterValues::Bound, range_use);
     if query.has_range() {
-        // Any `wanted` ids of the rows to page bound their `wanted` largest ids from below, and
-        // the newest entries of the range index are such ids, read without a sort. Only entries
-        // at or above that bound reach the sort: about a page's worth when ids grow with submit
-        // times, as ours do, and never a wrong answer when they do not. `id + 0` keeps the
-        // bound from becoming a walk of an `id` index.
-        let wanted = to_i64(u64::try_from(limit).unwrap_or(0).saturating_add(page.offset()));
-        builder.push(" AND id + 0 >= (SELECT ");
+        let wanted = to_i64(
+            u64::try_from(limit)
+                .unwrap_or(0)
+                .saturating_add(page.offset()),
+        );
+        // The range's own conditions have opened the `WHERE`.
+        builder.push(match range_use {
+            RangeUse::Seek => " AND id + 0 >= (SELECT ",
+            RangeUse::Filter => " AND id >= (SELECT ",
+        });
         match cursor {
             None => {
+                // Fewer than `wanted` entries are the whole range: their minimum still bounds.
                 builder.push("MIN(id) FROM (SELECT id FROM midjourneys");
                 push_where(builder, query, None, FilterValues::Bound);
             }
             Some(position) => {
                 // After a cursor the index walk starts at the cursor's submit time instead of
-                // the range's end, so deep pages cost what the first does. Fewer than `wanted`
-                // entries there prove nothing about the rest: then there is no bound.
+                // the range's end (one upper bound: planners seek on only one), so deep pages
+                // cost what the first does. Fewer than `wanted` entries there prove nothing
+                // about the rest: then there is no bound.
+                let upper = query.submitted_to.map_or(position.last_submit_time, |to| {
+                    to.min(position.last_submit_time)
+                });
+                let from_cursor = query
+                    .clone()
+                    .submitted_between(query.submitted_from, Some(upper));
                 builder
                     .push("CASE WHEN COUNT(*) < ")
                     .push_bind(wanted)
                     .push(" THEN ")
                     .push_bind(i64::MIN)
                     .push(" ELSE MIN(id) END FROM (SELECT id FROM midjourneys");
-                push_where(builder, query, before_id, FilterValues::Bound);
-                builder
-                    .push(" AND submit_time <= ")
-                    .push_bind(position.last_submit_time);
+                push_where(builder, &from_cursor, before_id, FilterValues::Bound);
             }
         }
         builder
@@ -406,10 +450,9 @@ pub(crate) fn push_page<DB>(
             .push(") newest)");
     }
     builder
-        .push(if query.has_range() {
-            " ORDER BY id + 0 DESC LIMIT "
-        } else {
-            " ORDER BY id DESC LIMIT "
+        .push(match range_use {
+            RangeUse::Seek if query.has_range() => " ORDER BY id + 0 DESC LIMIT ",
+            _ => " ORDER BY id DESC LIMIT ",
         })
         .push_bind(limit)
         .push(" OFFSET ")
