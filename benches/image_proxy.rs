@@ -23,9 +23,7 @@ use mj_tasks::image::ImageUrlSigner;
 use mj_tasks::{NewTask, Progress, TaskAction, TaskStatus};
 use warp::Filter;
 
-#[path = "../mj-tasks-server/tests/support/local_server.rs"]
-mod local_server;
-use local_server::{LocalServer, generated_body};
+use test_support::local_server::{LocalServer, generated_body};
 
 const SIGNING_KEY: &str = "benchmark signing key, 32 bytes..";
 

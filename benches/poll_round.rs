@@ -16,17 +16,12 @@
 
 #![allow(clippy::unwrap_used)] // a bench fails loudly
 
-#[path = "../mj-tasks/tests/common/mod.rs"]
-mod common;
-#[path = "../mj-tasks-server/tests/support/fake_proxy.rs"]
-mod fake_proxy;
-
 use std::time::{Duration, Instant};
 
-use common::{Kind, TestDb};
-use fake_proxy::{FakeProxy, Outcome};
 use mj_tasks::{NewChannel, NewTask, Poller, Progress, TaskAction, TaskStatus, now_millis};
 use mj_tasks_server::{App, Settings};
+use test_support::fake_proxy::{FakeProxy, Outcome};
+use test_support::{Kind, TestDb};
 
 const CHANNELS: usize = 10;
 const SECRET: &str = "bench-secret";

@@ -47,10 +47,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Connection};
 
-#[path = "../mj-tasks/tests/common/mod.rs"]
-mod common;
-
-use common::{Kind, TestDb};
+use test_support::{Kind, TestDb};
 
 /// Tasks seeded when `MJ_BENCH_TASKS` is unset.
 const DEFAULT_TASKS: u64 = 1_000_000;

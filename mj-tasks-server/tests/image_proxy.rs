@@ -4,11 +4,6 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-#[path = "../../mj-tasks/tests/common/mod.rs"]
-mod common;
-#[path = "support/local_server.rs"]
-mod local_server;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Kind, TestDb};
 use futures_util::StreamExt;
-use local_server::LocalServer;
 use mj_tasks::image::{
     FetchConfig, ImageFetchError, ImageFetcher, RangeAnswer, cache_key, shared_signing_key,
 };
@@ -27,6 +20,8 @@ use mj_tasks_server::http::image::CACHE_STATUS_HEADER;
 use mj_tasks_server::users::{AccessToken, Role, User};
 use mj_tasks_server::{App, Settings};
 use serde_json::Value;
+use test_support::local_server::LocalServer;
+use test_support::{Kind, TestDb};
 use tokio::sync::oneshot;
 use warp::http::{HeaderMap, Response, StatusCode};
 use warp::{Filter, Reply};
@@ -73,7 +68,7 @@ impl Upstream {
 fn generated_body(
     len: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + Sync + 'static {
-    local_server::generated_body(len, Bytes::from(image_bytes(7, 64 * 1024)))
+    test_support::local_server::generated_body(len, Bytes::from(image_bytes(7, 64 * 1024)))
 }
 
 fn small_image(headers: &HeaderMap, seed: u64) -> Response<Bytes> {

@@ -3,16 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-#[path = "../../mj-tasks/tests/common/mod.rs"]
-mod common;
-#[path = "support/fake_proxy.rs"]
-mod fake_proxy;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Kind, TestDb};
-use fake_proxy::{FakeProxy, Mode, Outcome};
 use mj_tasks::{
     Channel, NewChannel, NewTask, Poller, PollerConfig, PollerDeps, Progress, Task, TaskAction,
     TaskStatus, now_millis,
@@ -20,6 +13,8 @@ use mj_tasks::{
 use mj_tasks_server::users::{AccessToken, Role, User};
 use mj_tasks_server::{App, Settings};
 use serde_json::{Value, json};
+use test_support::fake_proxy::{FakeProxy, Mode, Outcome};
+use test_support::{Kind, TestDb};
 
 const SECRET: &str = "upstream-secret";
 const QUOTA: i64 = 1_000_000;

@@ -87,22 +87,27 @@ impl TaskQuery {
         matches!((self.submitted_from, self.submitted_to), (Some(from), Some(to)) if from > to)
     }
 
-    /// Whether some stored task could match: `false` for an empty range and for text filters
-    /// no backend can store (NUL, longer than the column), which therefore match nothing
-    /// without asking the database.
+    /// Whether no stored task can match, so no query needs to run: the bounds are empty, or a
+    /// text filter holds a value no short column stores (NUL, which PostgreSQL refuses, or
+    /// more than [`SHORT_TEXT_MAX_CHARS`](crate::text::SHORT_TEXT_MAX_CHARS) characters). Stores
+    /// answer such a query without the database, so it matches nothing on every backend.
     ///
     /// ```
     /// use mj_tasks::TaskQuery;
-    /// assert!(TaskQuery::owned_by(1).with_mj_id("1715240000123456").can_match());
-    /// assert!(!TaskQuery::owned_by(1).with_mj_id("a\0b").can_match());
+    /// assert!(TaskQuery::all().with_mj_id("a\0b").matches_nothing());
+    /// assert!(!TaskQuery::all().with_mj_id("1715240000123456").matches_nothing());
     /// ```
-    pub fn can_match(&self) -> bool {
-        let texts = [
+    pub fn matches_nothing(&self) -> bool {
+        let text_filters = [
             self.mj_id.as_deref(),
             self.status.as_ref().map(TaskStatus::as_str),
             self.action.as_ref().map(TaskAction::as_str),
         ];
-        !self.is_empty_range() && texts.into_iter().flatten().all(can_match_short)
+        self.is_empty_range()
+            || text_filters
+                .into_iter()
+                .flatten()
+                .any(|value| !can_match_short(value))
     }
 
     /// Whether a time bound is set.
@@ -680,24 +685,18 @@ mod tests {
 
     #[test]
     fn unstorable_text_filters_match_nothing() {
-        assert!(TaskQuery::all().can_match());
-        assert!(!TaskQuery::all().with_mj_id("a\0").can_match());
-        assert!(
-            !TaskQuery::all()
-                .with_status(TaskStatus::parse("\0"))
-                .can_match()
-        );
         let long = "x".repeat(crate::text::SHORT_TEXT_MAX_CHARS + 1);
-        assert!(
-            !TaskQuery::all()
-                .with_action(TaskAction::parse(&long))
-                .can_match()
-        );
-        assert!(
-            !TaskQuery::all()
-                .submitted_between(Some(2), Some(1))
-                .can_match()
-        );
+        for raw in [
+            "mj_id=%00".to_owned(),
+            "status=SUC%00CESS".to_owned(),
+            "action=%00".to_owned(),
+            format!("mj_id={long}"),
+        ] {
+            let (query, _) = parse(&raw).unwrap();
+            assert!(query.matches_nothing(), "{raw}");
+        }
+        let (query, _) = parse("mj_id=abc&status=SUCCESS&action=IMAGINE").unwrap();
+        assert!(!query.matches_nothing());
     }
 
     #[test]

@@ -5,15 +5,13 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{Kind, TestDb};
 use mj_tasks::{
     Audience, NewChannel, NewTask, PageRequest, Progress, SqlStore, TaskAction, TaskQuery,
     TaskStatus, TaskStore, parse_list_query,
 };
+use test_support::{Kind, TestDb};
 
 /// The columns every backend's `midjourneys` table must have.
 const TASK_COLUMNS: [&str; 24] = [

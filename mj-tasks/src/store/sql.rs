@@ -521,7 +521,7 @@ macro_rules! impl_sql_stores {
                     mj_id: Some(mj_id.to_owned()),
                     ..$crate::TaskQuery::default()
                 };
-                if !query.can_match() {
+                if query.matches_nothing() {
                     return Ok(None);
                 }
                 // `(user_id, mj_id)` or `(mj_id)`: one index probe, entries in id order.
@@ -544,7 +544,7 @@ macro_rules! impl_sql_stores {
                 page: $crate::PageRequest,
             ) -> Result<$crate::Page<$crate::Task>, $crate::StoreError> {
                 use $crate::store::sql::{FilterValues, push_page, push_where};
-                if !query.can_match() {
+                if query.matches_nothing() {
                     return Ok($crate::Page::empty(page, 0));
                 }
                 let (total, rows) = if <$store>::TOTAL_IN_PAGE_STATEMENT {
@@ -586,7 +586,7 @@ macro_rules! impl_sql_stores {
 
             async fn count(&self, query: &$crate::TaskQuery) -> Result<u64, $crate::StoreError> {
                 use sqlx::Row as _;
-                if !query.can_match() {
+                if query.matches_nothing() {
                     return Ok(0);
                 }
                 let mut builder =

@@ -1,7 +1,6 @@
 //! Databases for tests: a temporary SQLite file, or a fresh PostgreSQL / MariaDB database per
 //! test, created on the server named by `MJ_TEST_POSTGRES_URL` / `MJ_TEST_MYSQL_URL` and dropped
-//! afterwards (also when the test panics). Shared with the server's tests through `#[path]`.
-#![allow(dead_code, clippy::unwrap_used)]
+//! afterwards (also when the test panics).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -10,13 +9,17 @@ use sqlx::Connection;
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A temporary SQLite file.
     Sqlite,
+    /// A database on the server named by `MJ_TEST_POSTGRES_URL`.
     Postgres,
+    /// A database on the server named by `MJ_TEST_MYSQL_URL`.
     MySql,
 }
 
 /// A database that exists for one test.
 pub struct TestDb {
+    /// Its backend.
     pub kind: Kind,
     url: String,
     admin_url: Option<String>,
@@ -51,6 +54,7 @@ pub fn with_database(url: &str, name: &str) -> String {
 }
 
 impl TestDb {
+    /// A database of this kind; `None` when the server's variable is unset.
     pub async fn open(kind: Kind) -> Option<Self> {
         match kind {
             Kind::Sqlite => Some(Self::sqlite()),
@@ -59,6 +63,7 @@ impl TestDb {
         }
     }
 
+    /// A SQLite file in a temporary directory removed with the database.
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("tasks.db").display());
@@ -113,6 +118,7 @@ impl TestDb {
         })
     }
 
+    /// The URL to connect to it.
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -1,6 +1,5 @@
 //! A warp filter served on an ephemeral `127.0.0.1` port, and a body generated on the fly: the
-//! pieces every fake upstream of the tests and benches is built from. Shared through `#[path]`.
-#![allow(dead_code, clippy::unwrap_used)]
+//! pieces every fake upstream of the tests and benches is built from.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +13,7 @@ use warp::{Filter, Reply};
 /// A running server; [`Self::shut_down`] stops it and waits, dropping it stops it without
 /// waiting.
 pub struct LocalServer {
+    /// Where it listens.
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     done: Option<JoinHandle<()>>,

@@ -1,10 +1,6 @@
 //! A fake midjourney-proxy for tests and benches: the real wire shapes (§3, §4 of the upstream
 //! notes), tasks that progress a step each time they are polled, and switches to fail tasks,
 //! answer 500, garbage or slowly, forget tasks and count calls.
-#![allow(dead_code, clippy::unwrap_used)]
-
-#[path = "local_server.rs"]
-mod local_server;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +13,8 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::hyper::body::Bytes;
 use warp::reply::Reply;
+
+use crate::local_server::LocalServer;
 
 /// How the fake answers polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,15 +51,20 @@ struct FakeTask {
 
 /// The fake's state, shared with the test.
 pub struct State {
+    /// The `mj-api-secret` it requires.
     pub secret: String,
     tasks: Mutex<HashMap<String, FakeTask>>,
     mode: Mutex<Mode>,
     next_id: AtomicU64,
     /// Next submit answer code override (e.g. 22, 24); `None` answers 1.
     submit_code: Mutex<Option<i64>>,
+    /// Submits received.
     pub submit_calls: AtomicU64,
+    /// `list-by-condition` calls received.
     pub list_calls: AtomicU64,
+    /// Ids asked for over all `list-by-condition` calls.
     pub listed_ids: AtomicU64,
+    /// Single-task fetches received.
     pub fetch_calls: AtomicU64,
     /// Polls a task needs to finish (NOT_START → SUBMITTED → IN_PROGRESS ... → end).
     pub steps_to_finish: u32,
@@ -69,9 +72,11 @@ pub struct State {
 
 /// A running fake.
 pub struct FakeProxy {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// Its state, shared with the test.
     pub state: Arc<State>,
-    server: local_server::LocalServer,
+    server: LocalServer,
 }
 
 impl FakeProxy {
@@ -94,7 +99,7 @@ impl FakeProxy {
             fetch_calls: AtomicU64::new(0),
             steps_to_finish: steps,
         });
-        let server = local_server::LocalServer::start(routes(state.clone())).await;
+        let server = LocalServer::start(routes(state.clone())).await;
         Self {
             addr: server.addr,
             state,
@@ -102,10 +107,12 @@ impl FakeProxy {
         }
     }
 
+    /// `http://` and its address.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Switches how it answers from now on.
     pub fn set_mode(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
     }
@@ -139,14 +146,17 @@ impl FakeProxy {
         self.state.tasks.lock().unwrap().remove(id);
     }
 
+    /// `list-by-condition` calls so far.
     pub fn list_calls(&self) -> u64 {
         self.state.list_calls.load(Ordering::SeqCst)
     }
 
+    /// Submits so far.
     pub fn submit_calls(&self) -> u64 {
         self.state.submit_calls.load(Ordering::SeqCst)
     }
 
+    /// Stops it and waits until its port is closed.
     pub async fn stop(mut self) {
         self.server.shut_down().await;
     }
