@@ -53,11 +53,24 @@ impl BulkLoader {
         self.tasks.insert_many(tasks).await
     }
 
-    /// Refreshes the planner statistics of the task tables and closes the connection.
+    /// Puts the database back in its normal mode (SQLite: WAL), refreshes the planner
+    /// statistics of the task tables ([`TaskStore::refresh_statistics`]) and closes the
+    /// connection.
     pub async fn finish(self) -> Result<(), StoreError> {
-        let refreshed = refresh_statistics(&self.store).await;
+        let finished = self.restore_and_analyze().await;
         self.store.close().await;
-        refreshed
+        finished
+    }
+
+    async fn restore_and_analyze(&self) -> Result<(), StoreError> {
+        #[cfg(feature = "sqlite")]
+        if let SqlStore::Sqlite(sqlite) = &self.store {
+            // A no-op when the load ran in WAL.
+            sqlx::raw_sql("PRAGMA journal_mode = WAL")
+                .execute(sqlite.pool())
+                .await?;
+        }
+        self.tasks.refresh_statistics().await
     }
 }
 
@@ -92,7 +105,8 @@ async fn connect_sqlite_with(
         .synchronous(SqliteSynchronous::Off)
         .busy_timeout(Duration::from_secs(5))
         .pragma("cache_size", (-SQLITE_BULK_CACHE_KIB).to_string())
-        .pragma("temp_store", "MEMORY");
+        .pragma("temp_store", "MEMORY")
+        .analysis_limit(crate::store::sqlite::ANALYSIS_LIMIT);
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
@@ -118,35 +132,4 @@ async fn connect_postgres(url: &str) -> Result<crate::PostgresTaskStore, StoreEr
     let store = crate::PostgresTaskStore::from_pool(pool);
     store.migrate().await?;
     Ok(store)
-}
-
-/// Fresh planner statistics for the task tables, as a bulk write must leave them: SQLite
-/// `ANALYZE` (sampled, so it stays fast at any size), PostgreSQL `VACUUM ANALYZE` (statistics
-/// and the visibility map that index-only scans need), MariaDB `ANALYZE TABLE`.
-async fn refresh_statistics(store: &SqlStore) -> Result<(), StoreError> {
-    match store {
-        #[cfg(feature = "sqlite")]
-        SqlStore::Sqlite(sqlite) => {
-            let mut connection = sqlite.pool().acquire().await?;
-            // Back to WAL (a no-op when the load ran in it), as every other connection expects.
-            sqlx::raw_sql(
-                "PRAGMA analysis_limit = 1000; ANALYZE; PRAGMA optimize; PRAGMA journal_mode = WAL;",
-            )
-            .execute(&mut *connection)
-            .await?;
-        }
-        #[cfg(feature = "postgres")]
-        SqlStore::Postgres(postgres) => {
-            sqlx::raw_sql("VACUUM (ANALYZE) midjourneys")
-                .execute(postgres.pool())
-                .await?;
-        }
-        #[cfg(feature = "mysql")]
-        SqlStore::MySql(mysql) => {
-            sqlx::raw_sql("ANALYZE TABLE midjourneys")
-                .execute(mysql.pool())
-                .await?;
-        }
-    }
-    Ok(())
 }
