@@ -119,6 +119,11 @@ pub struct Settings {
         global = true
     )]
     pub upstream_timeout_secs: u64,
+    /// Milliseconds a user found by access token is remembered (0 = read the database on every
+    /// request). Changes made through this server apply at once; `user disable`, `user token`
+    /// and the like from another process apply within this time.
+    #[arg(long, env = "MJ_TOKEN_CACHE_MS", default_value_t = 1000, global = true)]
+    pub token_cache_ms: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or mj_tasks_server=debug.
     #[arg(long, env = "MJ_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -144,6 +149,7 @@ impl Settings {
             image_cache_max_bytes: 1_073_741_824,
             prices: mj_tasks::PriceTable::default(),
             upstream_timeout_secs: 60,
+            token_cache_ms: 1000,
             log: "info".to_owned(),
         }
     }
@@ -187,6 +193,7 @@ impl fmt::Debug for Settings {
             .field("image_cache_max_bytes", &self.image_cache_max_bytes)
             .field("prices", &self.prices)
             .field("upstream_timeout_secs", &self.upstream_timeout_secs)
+            .field("token_cache_ms", &self.token_cache_ms)
             .field("log", &self.log)
             .finish()
     }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod images;
 pub mod ledger;
 pub mod server;
+pub mod token_cache;
 pub mod users;
 
 pub use app::{App, OpenError};
