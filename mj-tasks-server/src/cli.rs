@@ -1,4 +1,4 @@
-//! The subcommands: serve, user, channel, seed.
+//! The subcommands: serve, user, channel, seed, import.
 
 use std::io::Write;
 
@@ -42,6 +42,12 @@ pub enum CliError {
     /// A value a command refuses.
     #[error("{0}")]
     Invalid(String),
+    /// The import failed.
+    #[error("{0}")]
+    Import(mj_tasks::import::ImportError),
+    /// The import found rows in the way (listed before) and wrote nothing.
+    #[error("{0} conflicts with rows already in the database (listed above); nothing was imported")]
+    ImportConflicts(usize),
 }
 
 impl From<OpenError> for CliError {
@@ -65,6 +71,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             tasks,
             channels,
         } => seed(App::open(settings).await?, &user, tasks, channels).await,
+        Command::Import {
+            from,
+            batch,
+            dry_run,
+        } => crate::import::run(App::open(settings).await?, &from, batch, dry_run).await,
     }
 }
 

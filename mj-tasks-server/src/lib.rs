@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod images;
+pub mod import;
 pub mod ledger;
 pub mod users;
 

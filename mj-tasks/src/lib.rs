@@ -38,6 +38,7 @@ compile_error!("mj-tasks needs at least one backend feature: sqlite, postgres or
 pub mod billing;
 pub mod channel;
 pub mod image;
+pub mod import;
 pub mod model;
 pub mod poller;
 pub mod query;
@@ -60,7 +61,8 @@ pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
 pub use store::{
-    Backend, ChannelStore, PollStore, SettingStore, SqlPollStore, SqlStore, StoreError, TaskStore,
+    Backend, ChannelStore, ImportStore, PollStore, SettingStore, SqlPollStore, SqlStore, StoreError,
+    TaskStore,
     WriteOutcome, connect,
 };
 #[cfg(any(test, feature = "mock"))]
