@@ -154,7 +154,10 @@ impl fmt::Debug for ImportedUser {
             .field("role", &self.role)
             .field("status", &self.status)
             .field("quota", &self.quota)
-            .field("token_hash", &self.token_hash.as_ref().map(|_| "<redacted>"))
+            .field(
+                "token_hash",
+                &self.token_hash.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

@@ -162,7 +162,15 @@ async fn assert_imported(source: &NewApiDb, store: &SqlStore, users: &dyn UserSt
     let listed = users.list_users().await.unwrap();
     let summary: Vec<(i64, &str, i64, bool, i64)> = listed
         .iter()
-        .map(|u| (u.id, u.username.as_str(), u.role.value(), u.enabled, u.quota))
+        .map(|u| {
+            (
+                u.id,
+                u.username.as_str(),
+                u.role.value(),
+                u.enabled,
+                u.quota,
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -184,7 +192,11 @@ async fn assert_imported(source: &NewApiDb, store: &SqlStore, users: &dyn UserSt
             _ => None,
         };
         if user.deleted || user.access_token.as_deref().unwrap_or("").is_empty() {
-            assert!(by_token.is_none(), "user {} must have no working token", user.id);
+            assert!(
+                by_token.is_none(),
+                "user {} must have no working token",
+                user.id
+            );
         } else {
             assert_eq!(by_token.unwrap().id, user.id, "token of user {}", user.id);
         }
@@ -207,9 +219,30 @@ async fn assert_imported(source: &NewApiDb, store: &SqlStore, users: &dyn UserSt
     assert_eq!(
         summary,
         vec![
-            (MJ_CHANNEL_ID, "mj main", mj_url, MJ_CHANNEL_KEY, true, 1_700_000_002_000),
-            (3, "mj plus", "http://127.0.0.1:9", "mj-secret-3", false, 1_700_000_003_000),
-            (5, "mj auto-disabled", "", "mj-secret-5", false, 1_700_000_005_000),
+            (
+                MJ_CHANNEL_ID,
+                "mj main",
+                mj_url,
+                MJ_CHANNEL_KEY,
+                true,
+                1_700_000_002_000
+            ),
+            (
+                3,
+                "mj plus",
+                "http://127.0.0.1:9",
+                "mj-secret-3",
+                false,
+                1_700_000_003_000
+            ),
+            (
+                5,
+                "mj auto-disabled",
+                "",
+                "mj-secret-5",
+                false,
+                1_700_000_005_000
+            ),
         ]
     );
 }
@@ -232,7 +265,10 @@ async fn import_round_trip(source_kind: Kind, target_kind: Kind, schema: Schema,
 
     // A dry run writes nothing and says what it would do.
     let planned = succeeded(import(target.url(), &["--from", &from, "--dry-run"]));
-    assert!(planned.contains("tasks:    1209 to import, 0 already imported"), "{planned}");
+    assert!(
+        planned.contains("tasks:    1209 to import, 0 already imported"),
+        "{planned}"
+    );
     assert!(planned.contains("users:    7 to import"), "{planned}");
     assert!(planned.contains("channels: 3 to import"), "{planned}");
     assert!(planned.contains("2 of other types skipped"), "{planned}");
@@ -255,7 +291,10 @@ async fn import_round_trip(source_kind: Kind, target_kind: Kind, schema: Schema,
 
     // Rerun: nothing twice.
     let again = succeeded(import(target.url(), &["--from", &from]));
-    assert!(again.contains("tasks:    0 to import, 1209 already imported"), "{again}");
+    assert!(
+        again.contains("tasks:    0 to import, 1209 already imported"),
+        "{again}"
+    );
     assert!(again.contains("users:    0 to import"), "{again}");
     assert!(
         again.contains("imported 0 users, 0 channels and 0 tasks"),
@@ -289,7 +328,12 @@ async fn conflicts_are_reported_and_nothing_is_written() {
             .unwrap();
         // Our own user "alice" takes id 1 (new-api's root) and alice's name.
         app.users
-            .create_user("alice", mj_tasks_server::users::Role::User, 0, &hash_token("x"))
+            .create_user(
+                "alice",
+                mj_tasks_server::users::Role::User,
+                0,
+                &hash_token("x"),
+            )
             .await
             .unwrap();
         app.store.close().await;
@@ -374,7 +418,9 @@ async fn imported_data_is_served_and_polled() {
     let mut total = 0;
     for page in 1..=10 {
         let body: Value = client
-            .get(format!("http://{address}/api/mj/self?p={page}&page_size=100"))
+            .get(format!(
+                "http://{address}/api/mj/self?p={page}&page_size=100"
+            ))
             .header("authorization", format!("Bearer {ALICE_TOKEN}"))
             .header("new-api-user", "2")
             .send()

@@ -61,9 +61,8 @@ pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
 pub use store::{
-    Backend, ChannelStore, ImportStore, PollStore, SettingStore, SqlPollStore, SqlStore, StoreError,
-    TaskStore,
-    WriteOutcome, connect,
+    Backend, ChannelStore, ImportStore, PollStore, SettingStore, SqlPollStore, SqlStore,
+    StoreError, TaskStore, WriteOutcome, connect,
 };
 #[cfg(any(test, feature = "mock"))]
 pub use store::{MockChannelStore, MockPollStore, MockSettingStore, MockTaskStore};

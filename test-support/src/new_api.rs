@@ -143,7 +143,12 @@ impl NewApiDb {
     /// A new-api database of `kind` with `schema`, the fixture's users and channels (the
     /// enabled Midjourney channel pointing at `mj_base_url`), the odd tasks and `generated`
     /// more; `None` when the engine's test server is not configured.
-    pub async fn create(kind: Kind, schema: Schema, mj_base_url: &str, generated: u64) -> Option<Self> {
+    pub async fn create(
+        kind: Kind,
+        schema: Schema,
+        mj_base_url: &str,
+        generated: u64,
+    ) -> Option<Self> {
         let db = TestDb::open(kind).await?;
         let users = users();
         let channels = channels(mj_base_url);
@@ -217,31 +222,85 @@ fn users() -> Vec<UserRow> {
         deleted,
     };
     vec![
-        user(1, "root", 100, 1, 1_000_000, Some("r00t0000000000000000000000000000"), false),
+        user(
+            1,
+            "root",
+            100,
+            1,
+            1_000_000,
+            Some("r00t0000000000000000000000000000"),
+            false,
+        ),
         user(2, "alice", 1, 1, 500_000, Some(ALICE_TOKEN), false),
         user(3, "bob", 1, 1, 0, None, false),
-        user(4, "carol", 1, 2, 42, Some("car01000000000000000000000000000"), false),
-        user(5, "dave", 1, 1, 7, Some("dave0000000000000000000000000000"), true),
+        user(
+            4,
+            "carol",
+            1,
+            2,
+            42,
+            Some("car01000000000000000000000000000"),
+            false,
+        ),
+        user(
+            5,
+            "dave",
+            1,
+            1,
+            7,
+            Some("dave0000000000000000000000000000"),
+            true,
+        ),
         // A gap (6 was hard-deleted) and an admin whose token is the empty string.
         user(7, "erin", 10, 1, 100, Some(""), false),
-        user(8, "フランク", 1, 1, 1, Some("fran0000000000000000000000000000"), false),
+        user(
+            8,
+            "フランク",
+            1,
+            1,
+            1,
+            Some("fran0000000000000000000000000000"),
+            false,
+        ),
     ]
 }
 
 fn channels(mj_base_url: &str) -> Vec<ChannelRow> {
-    let channel = |id, channel_type, name: &str, base_url: Option<&str>, key: &str, status| ChannelRow {
-        id,
-        channel_type,
-        name: name.to_owned(),
-        base_url: base_url.map(str::to_owned),
-        key: key.to_owned(),
-        status,
-        created_time: 1_700_000_000 + id,
-    };
+    let channel =
+        |id, channel_type, name: &str, base_url: Option<&str>, key: &str, status| ChannelRow {
+            id,
+            channel_type,
+            name: name.to_owned(),
+            base_url: base_url.map(str::to_owned),
+            key: key.to_owned(),
+            status,
+            created_time: 1_700_000_000 + id,
+        };
     vec![
-        channel(1, 1, "openai", Some("https://api.openai.com"), "sk-openai", 1),
-        channel(MJ_CHANNEL_ID, 2, "mj main", Some(mj_base_url), MJ_CHANNEL_KEY, 1),
-        channel(3, 5, "mj plus", Some("http://127.0.0.1:9/"), "mj-secret-3", 2),
+        channel(
+            1,
+            1,
+            "openai",
+            Some("https://api.openai.com"),
+            "sk-openai",
+            1,
+        ),
+        channel(
+            MJ_CHANNEL_ID,
+            2,
+            "mj main",
+            Some(mj_base_url),
+            MJ_CHANNEL_KEY,
+            1,
+        ),
+        channel(
+            3,
+            5,
+            "mj plus",
+            Some("http://127.0.0.1:9/"),
+            "mj-secret-3",
+            2,
+        ),
         channel(4, 14, "claude", Some(""), "sk-ant", 1),
         channel(5, 2, "mj auto-disabled", None, "mj-secret-5", 3),
     ]
@@ -278,23 +337,101 @@ fn odd_tasks(schema: Schema) -> Vec<TaskRow> {
     };
     vec![
         // Empty mj_id (submit accepted without a result id), failed.
-        TaskRow { id: 1, status: "FAILURE".into(), fail_reason: "no result id".into(), ..base.clone() },
+        TaskRow {
+            id: 1,
+            status: "FAILURE".into(),
+            fail_reason: "no result id".into(),
+            ..base.clone()
+        },
         // Progress "", unknown status, zero times.
-        TaskRow { id: 2, mj_id: "1700000000000002".into(), status: "WAITING_FOR_GPU".into(), progress: String::new(), submit_time: 0, start_time: 0, finish_time: 0, user_id: 3, ..base.clone() },
+        TaskRow {
+            id: 2,
+            mj_id: "1700000000000002".into(),
+            status: "WAITING_FOR_GPU".into(),
+            progress: String::new(),
+            submit_time: 0,
+            start_time: 0,
+            finish_time: 0,
+            user_id: 3,
+            ..base.clone()
+        },
         // Unknown action, unicode prompt, root's task on the plus channel.
-        TaskRow { id: 3, mj_id: "1700000000000003".into(), action: "OUTPAINT".into(), prompt: "雪の中の狐 🦊, ultra détaillé".into(), prompt_en: "a fox in the snow 🦊".into(), user_id: 1, channel_id: 3, image_url: "https://cdn.example/3.png".into(), buttons: r#"[{"customId":"MJ::JOB::upsample::1::x","label":"U1"}]"#.into(), properties: r#"{"finalPrompt":"a fox"}"#.into(), ..base.clone() },
+        TaskRow {
+            id: 3,
+            mj_id: "1700000000000003".into(),
+            action: "OUTPAINT".into(),
+            prompt: "雪の中の狐 🦊, ultra détaillé".into(),
+            prompt_en: "a fox in the snow 🦊".into(),
+            user_id: 1,
+            channel_id: 3,
+            image_url: "https://cdn.example/3.png".into(),
+            buttons: r#"[{"customId":"MJ::JOB::upsample::1::x","label":"U1"}]"#.into(),
+            properties: r#"{"finalPrompt":"a fox"}"#.into(),
+            ..base.clone()
+        },
         // A video task (current schema), NULL video columns on legacy.
-        TaskRow { id: 4, mj_id: "1700000000000004".into(), action: "VIDEO".into(), video_url: video("https://cdn.example/4.mp4"), video_urls: video(r#"[{"url":"https://cdn.example/4.mp4"}]"#), ..base.clone() },
+        TaskRow {
+            id: 4,
+            mj_id: "1700000000000004".into(),
+            action: "VIDEO".into(),
+            video_url: video("https://cdn.example/4.mp4"),
+            video_urls: video(r#"[{"url":"https://cdn.example/4.mp4"}]"#),
+            ..base.clone()
+        },
         // A deleted user's task, and a channel that no longer exists.
-        TaskRow { id: 5, mj_id: "1700000000000005".into(), user_id: 5, channel_id: 99, ..base.clone() },
+        TaskRow {
+            id: 5,
+            mj_id: "1700000000000005".into(),
+            user_id: 5,
+            channel_id: 99,
+            ..base.clone()
+        },
         // Progress 100% with a status that is not terminal: new-api no longer polls it.
-        TaskRow { id: 6, mj_id: "1700000000000006".into(), status: "IN_PROGRESS".into(), user_id: 8, ..base.clone() },
+        TaskRow {
+            id: 6,
+            mj_id: "1700000000000006".into(),
+            status: "IN_PROGRESS".into(),
+            user_id: 8,
+            ..base.clone()
+        },
         // A failed task with quotes, a backslash-free apostrophe and a long prompt.
-        TaskRow { id: 7, mj_id: "1700000000000007".into(), prompt: "it's \"quoted\" ".repeat(300), status: "FAILURE".into(), progress: String::new(), fail_reason: "[Banned prompt]".into(), user_id: 4, ..base.clone() },
+        TaskRow {
+            id: 7,
+            mj_id: "1700000000000007".into(),
+            prompt: "it's \"quoted\" ".repeat(300),
+            status: "FAILURE".into(),
+            progress: String::new(),
+            fail_reason: "[Banned prompt]".into(),
+            user_id: 4,
+            ..base.clone()
+        },
         // NULL-free but empty everything else, code 22 (queued), cancelled.
-        TaskRow { id: 8, code: 22, mj_id: "1700000000000008".into(), description: String::new(), status: "CANCEL".into(), progress: "0%".into(), buttons: String::new(), properties: String::new(), user_id: 7, quota: 0, ..base.clone() },
+        TaskRow {
+            id: 8,
+            code: 22,
+            mj_id: "1700000000000008".into(),
+            description: String::new(),
+            status: "CANCEL".into(),
+            progress: "0%".into(),
+            buttons: String::new(),
+            properties: String::new(),
+            user_id: 7,
+            quota: 0,
+            ..base.clone()
+        },
         // Unfinished, on the enabled Midjourney channel: polled after the import.
-        TaskRow { id: UNFINISHED_TASK_ID, mj_id: UNFINISHED_MJ_ID.into(), prompt: "a castle at dawn".into(), status: "IN_PROGRESS".into(), progress: "45%".into(), finish_time: 0, submit_time: now_ms() - 60_000, start_time: now_ms() - 50_000, image_url: "https://cdn.example/9-preview.webp".into(), ..base },
+        TaskRow {
+            id: UNFINISHED_TASK_ID,
+            mj_id: UNFINISHED_MJ_ID.into(),
+            prompt: "a castle at dawn".into(),
+            status: "IN_PROGRESS".into(),
+            progress: "45%".into(),
+            finish_time: 0,
+            submit_time: now_ms() - 60_000,
+            start_time: now_ms() - 50_000,
+            image_url: "https://cdn.example/9-preview.webp".into(),
+            ..base
+        },
     ]
 }
 
@@ -372,16 +509,40 @@ struct Col {
 }
 
 const fn col(name: &'static str, go: Go) -> Col {
-    Col { name, go, index: None, default: None, not_null: false }
+    Col {
+        name,
+        go,
+        index: None,
+        default: None,
+        not_null: false,
+    }
 }
 const fn indexed(name: &'static str, go: Go) -> Col {
-    Col { name, go, index: Some("index"), default: None, not_null: false }
+    Col {
+        name,
+        go,
+        index: Some("index"),
+        default: None,
+        not_null: false,
+    }
 }
 const fn unique(name: &'static str, go: Go) -> Col {
-    Col { name, go, index: Some("uniqueIndex"), default: None, not_null: false }
+    Col {
+        name,
+        go,
+        index: Some("uniqueIndex"),
+        default: None,
+        not_null: false,
+    }
 }
 const fn with_default(name: &'static str, go: Go, default: &'static str) -> Col {
-    Col { name, go, index: None, default: Some(default), not_null: false }
+    Col {
+        name,
+        go,
+        index: None,
+        default: Some(default),
+        not_null: false,
+    }
 }
 
 fn midjourney_columns(schema: Schema) -> Vec<Col> {
@@ -420,8 +581,14 @@ fn midjourney_columns(schema: Schema) -> Vec<Col> {
 
 fn user_columns() -> Vec<Col> {
     vec![
-        Col { index: Some("unique"), ..col("username", Go::Str) },
-        Col { not_null: true, ..col("password", Go::Str) },
+        Col {
+            index: Some("unique"),
+            ..col("username", Go::Str)
+        },
+        Col {
+            not_null: true,
+            ..col("password", Go::Str)
+        },
         indexed("display_name", Go::Str),
         with_default("role", Go::Int32, "1"),
         with_default("status", Go::Int32, "1"),
@@ -434,7 +601,10 @@ fn user_columns() -> Vec<Col> {
         with_default("request_count", Go::Int32, "0"),
         with_default("group", Go::Sized("varchar(64)"), "'default'"),
         unique("aff_code", Go::Sized("varchar(32)")),
-        Col { index: Some("index"), ..col("inviter_id", Go::Int32) },
+        Col {
+            index: Some("index"),
+            ..col("inviter_id", Go::Int32)
+        },
         indexed("deleted_at", Go::Time),
         col("setting", Go::Sized("text")),
         col("remark", Go::Sized("varchar(255)")),
@@ -446,7 +616,10 @@ fn user_columns() -> Vec<Col> {
 fn channel_columns() -> Vec<Col> {
     vec![
         with_default("type", Go::Int, "0"),
-        Col { not_null: true, ..col("key", Go::Str) },
+        Col {
+            not_null: true,
+            ..col("key", Go::Str)
+        },
         col("openai_organization", Go::Str),
         col("test_model", Go::Str),
         with_default("status", Go::Int, "1"),
@@ -519,7 +692,11 @@ fn create_table(kind: Kind, table: &str, columns: &[Col]) -> Vec<String> {
     if kind != Kind::Sqlite {
         parts.push(format!("PRIMARY KEY ({})", quote(kind, "id")));
     }
-    let mut statements = vec![format!("CREATE TABLE {} ({})", quote(kind, table), parts.join(","))];
+    let mut statements = vec![format!(
+        "CREATE TABLE {} ({})",
+        quote(kind, table),
+        parts.join(",")
+    )];
     for column in columns {
         let unique = match column.index {
             Some("index") => "",
@@ -539,7 +716,11 @@ fn create_table(kind: Kind, table: &str, columns: &[Col]) -> Vec<String> {
 fn ddl(kind: Kind, schema: Schema) -> Vec<String> {
     let mut statements = create_table(kind, "users", &user_columns());
     statements.extend(create_table(kind, "channels", &channel_columns()));
-    statements.extend(create_table(kind, "midjourneys", &midjourney_columns(schema)));
+    statements.extend(create_table(
+        kind,
+        "midjourneys",
+        &midjourney_columns(schema),
+    ));
     statements
 }
 
@@ -581,7 +762,11 @@ impl Conn {
                 let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
                     .unwrap()
                     .create_if_missing(true);
-                Self::Sqlite(sqlx::SqliteConnection::connect_with(&options).await.unwrap())
+                Self::Sqlite(
+                    sqlx::SqliteConnection::connect_with(&options)
+                        .await
+                        .unwrap(),
+                )
             }
             Kind::Postgres => Self::Postgres(sqlx::PgConnection::connect(url).await.unwrap()),
             Kind::MySql => Self::MySql(sqlx::MySqlConnection::connect(url).await.unwrap()),
@@ -645,8 +830,16 @@ impl Conn {
                         None => Value::NullText,
                     },
                     Value::Int(u.quota),
-                    Value::Text(["aff1", "aff2", "aff3", "aff4", "aff5", "aff6", "aff7", "aff8"][(u.id - 1) as usize]),
-                    Value::Sql(if u.deleted { "CURRENT_TIMESTAMP" } else { "NULL" }),
+                    Value::Text(
+                        [
+                            "aff1", "aff2", "aff3", "aff4", "aff5", "aff6", "aff7", "aff8",
+                        ][(u.id - 1) as usize],
+                    ),
+                    Value::Sql(if u.deleted {
+                        "CURRENT_TIMESTAMP"
+                    } else {
+                        "NULL"
+                    }),
                     Value::Int(1_700_000_000),
                 ]
             })
@@ -654,12 +847,27 @@ impl Conn {
         self.insert(
             kind,
             "users",
-            &["id", "username", "password", "display_name", "role", "status", "access_token", "quota", "aff_code", "deleted_at", "created_at"],
+            &[
+                "id",
+                "username",
+                "password",
+                "display_name",
+                "role",
+                "status",
+                "access_token",
+                "quota",
+                "aff_code",
+                "deleted_at",
+                "created_at",
+            ],
             &rows,
         )
         .await;
         if kind == Kind::Postgres {
-            self.execute("SELECT setval(pg_get_serial_sequence('users', 'id'), MAX(id)) FROM users").await;
+            self.execute(
+                "SELECT setval(pg_get_serial_sequence('users', 'id'), MAX(id)) FROM users",
+            )
+            .await;
         }
     }
 
@@ -686,7 +894,16 @@ impl Conn {
         self.insert(
             kind,
             "channels",
-            &["id", "type", "key", "status", "name", "created_time", "base_url", "models"],
+            &[
+                "id",
+                "type",
+                "key",
+                "status",
+                "name",
+                "created_time",
+                "base_url",
+                "models",
+            ],
             &rows,
         )
         .await;
@@ -695,14 +912,31 @@ impl Conn {
     async fn insert_tasks(&mut self, schema: Schema, tasks: &[TaskRow]) {
         let kind = self.kind();
         let mut columns = vec![
-            "id", "code", "user_id", "action", "mj_id", "prompt", "prompt_en", "description",
-            "state", "submit_time", "start_time", "finish_time", "image_url",
+            "id",
+            "code",
+            "user_id",
+            "action",
+            "mj_id",
+            "prompt",
+            "prompt_en",
+            "description",
+            "state",
+            "submit_time",
+            "start_time",
+            "finish_time",
+            "image_url",
         ];
         if schema == Schema::Current {
             columns.extend(["video_url", "video_urls"]);
         }
         columns.extend([
-            "status", "progress", "fail_reason", "channel_id", "quota", "buttons", "properties",
+            "status",
+            "progress",
+            "fail_reason",
+            "channel_id",
+            "quota",
+            "buttons",
+            "properties",
         ]);
         let rows: Vec<Vec<Value>> = tasks
             .iter()

@@ -45,7 +45,9 @@ pub enum ImportError {
         source: sqlx::Error,
     },
     /// The source location is not a file path or a supported URL.
-    #[error("unsupported source (expected a SQLite file path, sqlite:, postgres:// or mysql://): {0}")]
+    #[error(
+        "unsupported source (expected a SQLite file path, sqlite:, postgres:// or mysql://): {0}"
+    )]
     UnsupportedSource(String),
     /// The source file does not exist.
     #[error("no such new-api database file: {0}")]
@@ -223,13 +225,16 @@ pub async fn plan_tasks(
         let span = imports.task_id_span(claim.first_id, claim.last_id).await?;
         let resume_after = span.max_id.unwrap_or(claim.first_id - 1);
         let remaining = source.count_tasks(resume_after, claim.last_id).await?;
-        let in_claim = source.count_tasks(claim.first_id - 1, claim.last_id).await?;
+        let in_claim = source
+            .count_tasks(claim.first_id - 1, claim.last_id)
+            .await?;
         plan.already_imported += in_claim.saturating_sub(remaining);
         if remaining > 0 {
             plan.segments.push((resume_after, claim.last_id));
             plan.to_import += remaining;
         }
-        covered_through = Some(covered_through.map_or(claim.last_id, |c: i64| c.max(claim.last_id)));
+        covered_through =
+            Some(covered_through.map_or(claim.last_id, |c: i64| c.max(claim.last_id)));
     }
     let (Some(min_id), Some(max_id)) = (stats.min_id, stats.max_id) else {
         return Ok(plan);
@@ -420,7 +425,10 @@ mod tests {
 
     #[test]
     fn text_is_fitted_for_every_backend() {
-        assert_eq!(fit("a\0b", TextLimit::Long), ("a\u{FFFD}b".to_owned(), true));
+        assert_eq!(
+            fit("a\0b", TextLimit::Long),
+            ("a\u{FFFD}b".to_owned(), true)
+        );
         assert_eq!(fit("龍", TextLimit::Short), ("龍".to_owned(), false));
         let long = "龍".repeat(200);
         let (cut, changed) = fit(&long, TextLimit::Short);
@@ -445,9 +453,15 @@ mod tests {
         assert_eq!(channel.name, "mj");
         assert!(channel.enabled);
         assert_eq!(channel.created_at, 1_700_000_000_000);
-        let disabled = SourceChannel { status: 3, ..row.clone() };
+        let disabled = SourceChannel {
+            status: 3,
+            ..row.clone()
+        };
         assert!(!channel_from_source(&disabled).enabled);
-        let no_url = SourceChannel { base_url: String::new(), ..row };
+        let no_url = SourceChannel {
+            base_url: String::new(),
+            ..row
+        };
         assert!(!channel_from_source(&no_url).enabled);
     }
 }

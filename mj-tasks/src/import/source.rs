@@ -257,10 +257,7 @@ impl NewApiSource {
     }
 
     async fn compute_fingerprint(&self) -> Result<String, ImportError> {
-        let first_task = format!(
-            "{} FROM midjourneys ORDER BY id LIMIT 1",
-            self.select_tasks
-        );
+        let first_task = format!("{} FROM midjourneys ORDER BY id LIMIT 1", self.select_tasks);
         let task: Option<Task> = with_pool!(&self.pool, pool => {
             let mut query = builder(pool, &first_task);
             let row: Option<SourceTaskRow> = query.build_query_as().fetch_optional(pool).await?;
@@ -270,7 +267,10 @@ impl NewApiSource {
         let mut digest = Sha256::new();
         digest.update(b"new-api\0");
         if let Some(task) = task {
-            digest.update(format!("{}\0{}\0{}\0", task.id, task.mj_id, task.submit_time));
+            digest.update(format!(
+                "{}\0{}\0{}\0",
+                task.id, task.mj_id, task.submit_time
+            ));
         }
         if let Some(user) = user {
             digest.update(format!("{}\0{}\0", user.id, user.username));
@@ -282,7 +282,9 @@ impl NewApiSource {
     pub async fn task_stats(&self) -> Result<SourceTaskStats, ImportError> {
         const SQL: &str =
             "SELECT COUNT(*) AS count, MIN(id) AS min_id, MAX(id) AS max_id FROM midjourneys";
-        Ok(with_pool!(&self.pool, pool => builder(pool, SQL).build_query_as().fetch_one(pool).await?))
+        Ok(
+            with_pool!(&self.pool, pool => builder(pool, SQL).build_query_as().fetch_one(pool).await?),
+        )
     }
 
     /// How many tasks have `after_id < id <= through_id`.
@@ -339,7 +341,9 @@ impl NewApiSource {
             token = text("access_token", &columns),
             deleted = cast_integer(backend, deleted),
         );
-        Ok(with_pool!(&self.pool, pool => builder(pool, &sql).build_query_as().fetch_all(pool).await?))
+        Ok(
+            with_pool!(&self.pool, pool => builder(pool, &sql).build_query_as().fetch_all(pool).await?),
+        )
     }
 
     /// The channels of the Midjourney types ([`MIDJOURNEY_CHANNEL_TYPES`]), by id.
@@ -362,7 +366,9 @@ impl NewApiSource {
             created = cast_integer(backend, "COALESCE(created_time, 0)"),
             types = type_list(),
         );
-        Ok(with_pool!(&self.pool, pool => builder(pool, &sql).build_query_as().fetch_all(pool).await?))
+        Ok(
+            with_pool!(&self.pool, pool => builder(pool, &sql).build_query_as().fetch_all(pool).await?),
+        )
     }
 
     /// How many channels are of other types (they are not imported).
@@ -401,7 +407,9 @@ fn backend_of(pool: &SourcePool) -> Backend {
 }
 
 fn has(columns: &[String], name: &str) -> bool {
-    columns.iter().any(|column| column.eq_ignore_ascii_case(name))
+    columns
+        .iter()
+        .any(|column| column.eq_ignore_ascii_case(name))
 }
 
 /// `CAST(expression AS <64-bit integer>)` in the engine's spelling.

@@ -27,13 +27,13 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(any(test, feature = "mock"))]
+pub use import::MockImportStore;
+pub use import::{ClaimEntity, IdSpan, ImportClaim, ImportStore};
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlTaskStore;
 #[cfg(any(test, feature = "mock"))]
 pub use poll::MockPollStore;
-pub use import::{ClaimEntity, IdSpan, ImportClaim, ImportStore};
-#[cfg(any(test, feature = "mock"))]
-pub use import::MockImportStore;
 pub use poll::{PollStore, SqlPollStore, WriteOutcome};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresTaskStore;
