@@ -1,13 +1,15 @@
 //! The subcommands: serve, user, channel, seed, import.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use mj_tasks::synthetic::SyntheticSpec;
-use mj_tasks::{NewChannel, StoreError};
+use mj_tasks::text::{TextError, can_match_short, check_long, check_short};
+use mj_tasks::{NewChannel, SqlStore, StoreError};
 use tokio::net::TcpListener;
 
 use crate::config::{ChannelCommand, Cli, Command, UserCommand};
-use crate::users::{AccessToken, Role, User};
+use crate::users::{AccessToken, Role, User, UserStore};
 use crate::{App, OpenError, Settings};
 
 /// Why a command failed; printed as `error: ...` with exit status 1.
@@ -42,6 +44,9 @@ pub enum CliError {
     /// A value a command refuses.
     #[error("{0}")]
     Invalid(String),
+    /// A value no database can store (too long for its column).
+    #[error("{0}")]
+    Unstorable(#[from] TextError),
     /// The import failed.
     #[error("{0}")]
     Import(mj_tasks::import::ImportError),
@@ -64,18 +69,46 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = cli.settings;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
-        Command::User { command } => user(App::open(settings).await?, command).await,
-        Command::Channel { command } => channel(App::open(settings).await?, command).await,
+        Command::User { command } => user(Accounts::open(&settings).await?, command).await,
+        Command::Channel { command } => channel(Accounts::open(&settings).await?, command).await,
         Command::Seed {
             user,
             tasks,
             channels,
-        } => seed(App::open(settings).await?, &user, tasks, channels).await,
+        } => seed(Accounts::open(&settings).await?, &user, tasks, channels).await,
         Command::Import {
             from,
             batch,
             dry_run,
-        } => crate::import::run(App::open(settings).await?, &from, batch, dry_run).await,
+        } => {
+            let accounts = Accounts::open(&settings).await?;
+            let result = crate::import::run(
+                &accounts.store,
+                accounts.users.as_ref(),
+                &from,
+                batch,
+                dry_run,
+            )
+            .await;
+            accounts.store.close().await;
+            result
+        }
+    }
+}
+
+/// What the user, channel and seed commands need: the database and its users. Unlike
+/// [`App::open`] this opens no image cache, loads no signing key and builds no HTTP client, so
+/// managing accounts works even when those settings are broken.
+struct Accounts {
+    store: SqlStore,
+    users: Arc<dyn UserStore>,
+}
+
+impl Accounts {
+    async fn open(settings: &Settings) -> Result<Self, CliError> {
+        let store = mj_tasks::connect(&settings.database_url).await?;
+        let users = crate::users::open_user_store(&store).await?;
+        Ok(Self { store, users })
     }
 }
 
@@ -108,6 +141,15 @@ fn validate_name(name: &str) -> Result<&str, CliError> {
     Ok(name)
 }
 
+/// A user name to look up: one no database can store names nobody.
+fn existing_name(name: &str) -> Result<&str, CliError> {
+    if can_match_short(name) {
+        Ok(name)
+    } else {
+        Err(CliError::UnknownUser(name.to_owned()))
+    }
+}
+
 fn validate_quota(quota: i64) -> Result<i64, CliError> {
     if quota < 0 {
         return Err(CliError::Invalid("quota must not be negative".to_owned()));
@@ -116,13 +158,13 @@ fn validate_quota(quota: i64) -> Result<i64, CliError> {
 }
 
 async fn create_user(
-    app: &App,
+    accounts: &Accounts,
     name: &str,
     role: Role,
     quota: i64,
 ) -> Result<(User, AccessToken), CliError> {
     let token = AccessToken::generate();
-    match app
+    match accounts
         .users
         .create_user(name, role, quota, &token.hash())
         .await
@@ -133,12 +175,12 @@ async fn create_user(
     }
 }
 
-async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
+async fn user(accounts: Accounts, command: UserCommand) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match command {
         UserCommand::Add { name, role, quota } => {
             let name = validate_name(&name)?;
-            let (user, token) = create_user(&app, name, role, validate_quota(quota)?).await?;
+            let (user, token) = create_user(&accounts, name, role, validate_quota(quota)?).await?;
             writeln!(
                 out,
                 "created user {:?} (id {}, role {})",
@@ -149,7 +191,7 @@ async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
             writeln!(out, "{}", token.reveal())?;
         }
         UserCommand::List { json } => {
-            let users = app.users.list_users().await?;
+            let users = accounts.users.list_users().await?;
             if json {
                 let rows: Vec<_> = users
                     .iter()
@@ -181,16 +223,20 @@ async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
             }
         }
         UserCommand::Disable { name } => {
-            set_enabled(&app, &name, false).await?;
+            set_enabled(&accounts, &name, false).await?;
             writeln!(out, "disabled user {name:?}")?;
         }
         UserCommand::Enable { name } => {
-            set_enabled(&app, &name, true).await?;
+            set_enabled(&accounts, &name, true).await?;
             writeln!(out, "enabled user {name:?}")?;
         }
         UserCommand::Token { name } => {
             let token = AccessToken::generate();
-            if !app.users.set_token_hash(&name, &token.hash()).await? {
+            let found = accounts
+                .users
+                .set_token_hash(existing_name(&name)?, &token.hash())
+                .await?;
+            if !found {
                 return Err(CliError::UnknownUser(name));
             }
             writeln!(
@@ -200,13 +246,17 @@ async fn user(app: App, command: UserCommand) -> Result<(), CliError> {
             writeln!(out, "{}", token.reveal())?;
         }
         UserCommand::Quota { name, quota } => {
-            if !app.users.set_quota(&name, validate_quota(quota)?).await? {
+            let found = accounts
+                .users
+                .set_quota(existing_name(&name)?, validate_quota(quota)?)
+                .await?;
+            if !found {
                 return Err(CliError::UnknownUser(name));
             }
             writeln!(out, "quota of {name:?} set to {quota}")?;
         }
     }
-    app.store.close().await;
+    accounts.store.close().await;
     Ok(())
 }
 
@@ -214,15 +264,20 @@ fn status_name(user: &User) -> &'static str {
     if user.enabled { "enabled" } else { "disabled" }
 }
 
-async fn set_enabled(app: &App, name: &str, enabled: bool) -> Result<(), CliError> {
-    if app.users.set_enabled(name, enabled).await? {
+async fn set_enabled(accounts: &Accounts, name: &str, enabled: bool) -> Result<(), CliError> {
+    if accounts
+        .users
+        .set_enabled(existing_name(name)?, enabled)
+        .await?
+    {
         Ok(())
     } else {
         Err(CliError::UnknownUser(name.to_owned()))
     }
 }
 
-async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
+async fn channel(accounts: Accounts, command: ChannelCommand) -> Result<(), CliError> {
+    let channels = accounts.store.channels();
     let mut out = std::io::stdout().lock();
     match command {
         ChannelCommand::Add {
@@ -237,13 +292,16 @@ async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
                     "--base-url must be an http:// or https:// URL, got {base_url:?}"
                 )));
             }
-            if name.trim().is_empty() {
+            let name = name.trim();
+            if name.is_empty() {
                 return Err(CliError::Invalid("--name must not be empty".to_owned()));
             }
-            let channel = app
-                .channels
+            check_short("--name", name)?;
+            check_long("--base-url", &base_url)?;
+            check_long("--secret", &secret)?;
+            let channel = channels
                 .add_channel(&NewChannel {
-                    name: name.trim().to_owned(),
+                    name: name.to_owned(),
                     base_url,
                     secret,
                 })
@@ -257,7 +315,7 @@ async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
         }
         ChannelCommand::List => {
             writeln!(out, "{:<6} {:<20} {:<9} BASE_URL", "ID", "NAME", "STATUS")?;
-            for c in app.channels.list_channels().await? {
+            for c in channels.list_channels().await? {
                 let status = if c.enabled { "enabled" } else { "disabled" };
                 writeln!(
                     out,
@@ -267,25 +325,25 @@ async fn channel(app: App, command: ChannelCommand) -> Result<(), CliError> {
             }
         }
         ChannelCommand::Disable { id } => {
-            if !app.channels.set_channel_enabled(id, false).await? {
+            if !channels.set_channel_enabled(id, false).await? {
                 return Err(CliError::UnknownChannel(id));
             }
             writeln!(out, "disabled channel {id}")?;
         }
     }
-    app.store.close().await;
+    accounts.store.close().await;
     Ok(())
 }
 
 /// Rows per transaction while seeding.
 const SEED_BATCH: u64 = 10_000;
 
-async fn seed(app: App, name: &str, total: u64, channels: u32) -> Result<(), CliError> {
+async fn seed(accounts: Accounts, name: &str, total: u64, channels: u32) -> Result<(), CliError> {
     let name = validate_name(name)?;
-    let user = match app.users.user_by_name(name).await? {
+    let user = match accounts.users.user_by_name(name).await? {
         Some(user) => user,
         None => {
-            let (user, token) = create_user(&app, name, Role::User, 0).await?;
+            let (user, token) = create_user(&accounts, name, Role::User, 0).await?;
             println!("created user {name:?} (id {}); access token:", user.id);
             println!("{}", token.reveal());
             user
@@ -302,13 +360,14 @@ async fn seed(app: App, name: &str, total: u64, channels: u32) -> Result<(), Cli
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    let tasks = accounts.store.tasks();
     let started = std::time::Instant::now();
     let mut done = 0;
     while done < total {
         let batch: Vec<_> = (done..(done + SEED_BATCH).min(total))
             .map(|i| spec.task(i))
             .collect();
-        app.tasks.insert_many(&batch).await?;
+        tasks.insert_many(&batch).await?;
         done += batch.len() as u64;
         bar.set_position(done);
     }
@@ -318,6 +377,6 @@ async fn seed(app: App, name: &str, total: u64, channels: u32) -> Result<(), Cli
         user.id,
         started.elapsed().as_secs_f64()
     );
-    app.store.close().await;
+    accounts.store.close().await;
     Ok(())
 }

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
+use mj_tasks::SqlStore;
 use mj_tasks::import::{
     ChannelPlan, Conflict, NewApiSource, SourceUser, TaskPlan, claimed_ids, import_channels,
     import_tasks, plan_channels, plan_tasks,
 };
 use mj_tasks::store::{ClaimEntity, ImportStore};
 
-use crate::App;
 use crate::cli::CliError;
 use crate::users::{ImportedUser, UserStore, hash_token};
 
@@ -180,15 +180,35 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 /// Runs `import`: plans, reports, and unless `dry_run` or a conflict stops it, copies.
-pub async fn run(app: App, from: &str, batch: u32, dry_run: bool) -> Result<(), CliError> {
+pub async fn run(
+    store: &SqlStore,
+    user_store: &dyn UserStore,
+    from: &str,
+    batch: u32,
+    dry_run: bool,
+) -> Result<(), CliError> {
     let started = Instant::now();
     let source = NewApiSource::open(from).await.map_err(CliError::Import)?;
-    let imports = app.store.imports();
-    let users = plan_users(&source, app.users.as_ref(), imports.as_ref()).await?;
-    let channels = plan_channels(&source, app.channels.as_ref(), imports.as_ref())
+    let result = run_on(store, user_store, &source, from, batch, dry_run, started).await;
+    source.close().await;
+    result
+}
+
+async fn run_on(
+    store: &SqlStore,
+    user_store: &dyn UserStore,
+    source: &NewApiSource,
+    from: &str,
+    batch: u32,
+    dry_run: bool,
+    started: Instant,
+) -> Result<(), CliError> {
+    let imports = store.imports();
+    let users = plan_users(source, user_store, imports.as_ref()).await?;
+    let channels = plan_channels(source, store.channels().as_ref(), imports.as_ref())
         .await
         .map_err(CliError::Import)?;
-    let tasks = plan_tasks(&source, imports.as_ref())
+    let tasks = plan_tasks(source, imports.as_ref())
         .await
         .map_err(CliError::Import)?;
     let mut out = std::io::stdout().lock();
@@ -211,28 +231,23 @@ pub async fn run(app: App, from: &str, batch: u32, dry_run: bool) -> Result<(), 
         for conflict in &conflicts {
             writeln!(err, "conflict: {conflict}")?;
         }
-        source.close().await;
-        app.store.close().await;
         return Err(CliError::ImportConflicts(conflicts.len()));
     }
     if dry_run {
         writeln!(out, "dry run: nothing was written")?;
-        source.close().await;
-        app.store.close().await;
         return Ok(());
     }
     drop(out);
-    let imported_users =
-        import_users(&source, &users, app.users.as_ref(), imports.as_ref()).await?;
-    let imported_channels = import_channels(&source, &channels, imports.as_ref())
+    let imported_users = import_users(source, &users, user_store, imports.as_ref()).await?;
+    let imported_channels = import_channels(source, &channels, imports.as_ref())
         .await
         .map_err(CliError::Import)?;
     let bar = progress_bar(tasks.to_import);
     let copy_started = Instant::now();
     let report = import_tasks(
-        &source,
+        source,
         &tasks,
-        app.tasks.clone(),
+        store.tasks(),
         imports.as_ref(),
         batch,
         &|done| bar.set_position(done),
@@ -257,7 +272,5 @@ pub async fn run(app: App, from: &str, batch: u32, dry_run: bool) -> Result<(), 
             report.adjusted_values
         )?;
     }
-    source.close().await;
-    app.store.close().await;
     Ok(())
 }

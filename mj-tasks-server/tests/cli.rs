@@ -125,3 +125,81 @@ fn users_channels_and_seed() {
     .unwrap();
     assert_eq!(users[1]["name"], "bob");
 }
+
+/// User and channel commands open only the database: broken image and signing settings, which
+/// stop `serve`, do not stop an operator from managing accounts.
+#[test]
+fn account_commands_open_only_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    // A file where the cache directory should be, and a signing key far too short.
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let cache_dir = format!("--image-cache-dir={}", not_a_dir.display());
+    let broken = [cache_dir.as_str(), "--signing-key=short"];
+    let with = |args: &[&str]| -> Vec<String> {
+        broken
+            .iter()
+            .chain(args)
+            .map(|arg| (*arg).to_owned())
+            .collect()
+    };
+    let run_with = |args: &[&str]| {
+        let args = with(args);
+        run(&db, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let token = last_line(&run_with(&["user", "add", "carol"]));
+    assert_eq!(token.len(), 48, "{token}");
+    last_line(&run_with(&["user", "disable", "carol"]));
+    last_line(&run_with(&["user", "list"]));
+    let id = last_line(&run_with(&[
+        "channel",
+        "add",
+        "--name",
+        "main",
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--secret",
+        "s",
+    ]));
+    assert_eq!(id, "1");
+    last_line(&run_with(&["channel", "list"]));
+    last_line(&run_with(&["seed", "--user", "carol", "--tasks", "10"]));
+}
+
+/// Names no database stores alike are refused before the database (a channel name longer than
+/// MariaDB's VARCHAR(191)), or, looked up, name nobody.
+#[test]
+fn unstorable_names_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let long = "n".repeat(192);
+    let added = run(
+        &db,
+        &[
+            "channel",
+            "add",
+            "--name",
+            &long,
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--secret",
+            "s",
+        ],
+    );
+    assert!(!added.status.success());
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(stderr.contains("--name is too long"), "{stderr}");
+    let listed = String::from_utf8_lossy(&run(&db, &["channel", "list"]).stdout).to_string();
+    assert_eq!(listed.lines().count(), 1, "only the header: {listed}");
+
+    for command in ["disable", "enable", "token"] {
+        let looked_up = run(&db, &["user", command, &long]);
+        assert!(!looked_up.status.success());
+        let stderr = String::from_utf8_lossy(&looked_up.stderr);
+        assert!(stderr.contains("no user named"), "{command}: {stderr}");
+    }
+    let added = run(&db, &["user", "add", &long]);
+    assert!(!added.status.success());
+    assert!(String::from_utf8_lossy(&added.stderr).contains("1 to 64 characters"));
+}

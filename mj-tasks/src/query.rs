@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use crate::model::{TaskAction, TaskStatus};
+use crate::text::can_match_short;
 
 /// Which tasks a list covers, by owner and by column filters. Every filter is optional and they
 /// combine with AND.
@@ -71,6 +72,29 @@ impl TaskQuery {
     /// Whether the bounds cannot match anything (`from > to`), so no query needs to run.
     pub fn is_empty_range(&self) -> bool {
         matches!((self.submitted_from, self.submitted_to), (Some(from), Some(to)) if from > to)
+    }
+
+    /// Whether no stored task can match, so no query needs to run: the bounds are empty, or a
+    /// text filter holds a value no short column stores (NUL, which PostgreSQL refuses, or
+    /// more than [`SHORT_TEXT_MAX_CHARS`](crate::text::SHORT_TEXT_MAX_CHARS) characters). Stores
+    /// answer such a query without the database, so it matches nothing on every backend.
+    ///
+    /// ```
+    /// use mj_tasks::TaskQuery;
+    /// assert!(TaskQuery::all().with_mj_id("a\0b").matches_nothing());
+    /// assert!(!TaskQuery::all().with_mj_id("1715240000123456").matches_nothing());
+    /// ```
+    pub fn matches_nothing(&self) -> bool {
+        let text_filters = [
+            self.mj_id.as_deref(),
+            self.status.as_ref().map(TaskStatus::as_str),
+            self.action.as_ref().map(TaskAction::as_str),
+        ];
+        self.is_empty_range()
+            || text_filters
+                .into_iter()
+                .flatten()
+                .any(|value| !can_match_short(value))
     }
 }
 
@@ -392,6 +416,22 @@ mod tests {
         assert_eq!(query.owner, Some(4));
         assert_eq!(query.channel_id, None);
         assert_eq!(query.mj_id.as_deref(), Some("猫"));
+    }
+
+    #[test]
+    fn unstorable_text_filters_match_nothing() {
+        let long = "x".repeat(crate::text::SHORT_TEXT_MAX_CHARS + 1);
+        for raw in [
+            "mj_id=%00".to_owned(),
+            "status=SUC%00CESS".to_owned(),
+            "action=%00".to_owned(),
+            format!("mj_id={long}"),
+        ] {
+            let (query, _) = parse(&raw).unwrap();
+            assert!(query.matches_nothing(), "{raw}");
+        }
+        let (query, _) = parse("mj_id=abc&status=SUCCESS&action=IMAGINE").unwrap();
+        assert!(!query.matches_nothing());
     }
 
     #[test]

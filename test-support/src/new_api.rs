@@ -441,7 +441,7 @@ pub fn generated_task(schema: Schema, index: u64) -> TaskRow {
     let id = ODD_TASKS + 1 + index as i64;
     let users = [1, 2, 2, 3, 4, 8];
     let submit = 1_700_000_000_000 + id * 7_919;
-    let failed = index % 17 == 0;
+    let failed = index.is_multiple_of(17);
     TaskRow {
         id,
         code: 1,
@@ -451,14 +451,14 @@ pub fn generated_task(schema: Schema, index: u64) -> TaskRow {
         prompt: format!("a lighthouse in a storm, number {index}, --ar 16:9"),
         prompt_en: format!("a lighthouse in a storm, number {index}"),
         description: "提交成功".into(),
-        state: if index % 5 == 0 { format!("state-{index}") } else { String::new() },
+        state: if index.is_multiple_of(5) { format!("state-{index}") } else { String::new() },
         submit_time: submit,
         start_time: submit + 1_000,
         finish_time: submit + 45_000,
         image_url: format!("https://cdn.example/{id}.png"),
         video_url: match schema {
             Schema::Legacy => None,
-            Schema::Current if index % 3 == 0 => None,
+            Schema::Current if index.is_multiple_of(3) => None,
             Schema::Current => Some(String::new()),
         },
         video_urls: match schema {
@@ -468,7 +468,7 @@ pub fn generated_task(schema: Schema, index: u64) -> TaskRow {
         status: if failed { "FAILURE" } else { "SUCCESS" }.into(),
         progress: "100%".into(),
         fail_reason: if failed { "[Invalid parameter]".into() } else { String::new() },
-        channel_id: if index % 2 == 0 { MJ_CHANNEL_ID } else { 3 },
+        channel_id: if index.is_multiple_of(2) { MJ_CHANNEL_ID } else { 3 },
         quota: 50_000,
         buttons: r#"[{"customId":"MJ::JOB::upsample::1::abc","emoji":"","label":"U1","type":2,"style":2}]"#.into(),
         properties: r#"{"finalPrompt":"a lighthouse in a storm"}"#.into(),

@@ -8,6 +8,8 @@ use warp::http::StatusCode;
 use warp::reject::Reject;
 use warp::{Rejection, Reply};
 
+use crate::http::auth::AuthError;
+
 /// `{"success": ..., "message": ..., "data": ...}`.
 #[derive(Debug, Serialize)]
 pub struct Envelope<T> {
@@ -50,11 +52,6 @@ impl ApiError {
         }
     }
 
-    /// 401.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, message)
-    }
-
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
@@ -77,6 +74,15 @@ impl From<QueryError> for ApiError {
                 error.parameter, error.reason
             ),
         )
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Store(error) => Self::store(error),
+            other => Self::new(other.status(), other.to_string()),
+        }
     }
 }
 

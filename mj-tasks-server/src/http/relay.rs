@@ -16,7 +16,8 @@ use warp::hyper::body::Bytes;
 use warp::{Rejection, Reply};
 
 use crate::App;
-use crate::users::{User, hash_token};
+use crate::http::auth::{AuthError, authenticate};
+use crate::users::{Role, User};
 
 /// Most ids one `list-by-condition` call may ask about.
 pub const MAX_LIST_IDS: usize = 500;
@@ -63,6 +64,15 @@ impl RelayError {
     }
 }
 
+impl From<AuthError> for RelayError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Store(error) => Self::store(error),
+            other => Self::new(other.status(), codes::VALIDATION_ERROR, other.to_string()),
+        }
+    }
+}
+
 impl From<mj_tasks::StoreError> for RelayError {
     fn from(error: mj_tasks::StoreError) -> Self {
         Self::store(error)
@@ -75,42 +85,7 @@ fn respond(result: Result<warp::reply::Response, RelayError>) -> warp::reply::Re
 
 /// The caller, from `mj-api-secret` or `Authorization` (bare or `Bearer`).
 async fn relay_user(app: &App, headers: &HeaderMap) -> Result<User, RelayError> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-    };
-    let token = header("mj-api-secret")
-        .or_else(|| header("authorization").map(crate::http::auth::strip_bearer))
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| {
-            RelayError::new(
-                StatusCode::UNAUTHORIZED,
-                codes::VALIDATION_ERROR,
-                "No access token: send it in mj-api-secret or Authorization: Bearer.",
-            )
-        })?;
-    let user = app
-        .users
-        .user_by_token_hash(&hash_token(token))
-        .await?
-        .ok_or_else(|| {
-            RelayError::new(
-                StatusCode::UNAUTHORIZED,
-                codes::VALIDATION_ERROR,
-                "The access token is invalid.",
-            )
-        })?;
-    if !user.enabled {
-        return Err(RelayError::new(
-            StatusCode::FORBIDDEN,
-            codes::VALIDATION_ERROR,
-            "This user is disabled.",
-        ));
-    }
-    Ok(user)
+    Ok(authenticate(headers, app.users.as_ref(), Role::User).await?)
 }
 
 /// A validated submit: what it does, its prompt and the task it acts on.

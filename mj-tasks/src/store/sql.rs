@@ -515,6 +515,10 @@ macro_rules! impl_sql_stores {
                 mj_id: &str,
                 owner: Option<i64>,
             ) -> Result<Option<$crate::Task>, $crate::StoreError> {
+                // An id no backend stores finds nothing (PostgreSQL would refuse a NUL).
+                if !$crate::text::can_match_short(mj_id) {
+                    return Ok(None);
+                }
                 let query = $crate::TaskQuery {
                     owner,
                     mj_id: Some(mj_id.to_owned()),
@@ -538,7 +542,7 @@ macro_rules! impl_sql_stores {
                 page: $crate::PageRequest,
             ) -> Result<$crate::Page<$crate::Task>, $crate::StoreError> {
                 use $crate::store::sql::{FilterValues, push_page, push_where};
-                if query.is_empty_range() {
+                if query.matches_nothing() {
                     return Ok($crate::Page::empty(page, 0));
                 }
                 let (total, rows) = if <$store>::TOTAL_IN_PAGE_STATEMENT {
@@ -584,7 +588,7 @@ macro_rules! impl_sql_stores {
 
             async fn count(&self, query: &$crate::TaskQuery) -> Result<u64, $crate::StoreError> {
                 use sqlx::Row as _;
-                if query.is_empty_range() {
+                if query.matches_nothing() {
                     return Ok(0);
                 }
                 let mut builder =
