@@ -256,6 +256,10 @@ async fn run_on(
     .map_err(CliError::Import);
     bar.finish_and_clear();
     let report = report?;
+    if report.imported > 0 {
+        // A bulk load changes the data faster than the planners notice by themselves.
+        store.tasks().refresh_statistics().await?;
+    }
     let copy_secs = copy_started.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     writeln!(
