@@ -414,7 +414,11 @@ async fn disabled_owners_images_are_refused() {
     }
     let response = client().head(&url).send().await.unwrap();
     assert_eq!(response.status(), 403);
-    assert_eq!(upstream.hits.load(Ordering::SeqCst), hits, "nothing fetched");
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        hits,
+        "nothing fetched"
+    );
 
     assert!(server.app.users.set_enabled("alice", true).await.unwrap());
     let response = get(&url, &[]).await;
