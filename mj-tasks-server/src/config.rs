@@ -236,17 +236,29 @@ pub enum Command {
         command: ChannelCommand,
     },
     /// Fill the store with realistic tasks for demos and benchmarks.
-    Seed {
-        /// Owner of the tasks (created if missing).
-        #[arg(long)]
-        user: String,
-        /// How many tasks.
-        #[arg(long)]
-        tasks: u64,
-        /// Spread the tasks over channel ids 1..=K.
-        #[arg(long, default_value_t = 8)]
-        channels: u32,
-    },
+    Seed(SeedArgs),
+}
+
+/// `seed` arguments.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Owner of the tasks (created if missing); with `--light-users`, the heavy user.
+    #[arg(long)]
+    pub user: String,
+    /// How many tasks.
+    #[arg(long)]
+    pub tasks: u64,
+    /// Spread the tasks over channel ids 1..=K.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub channels: u32,
+    /// Share the tasks with U more users, `<user>-1` ... `<user>-U` (created if missing),
+    /// interleaved in time; 0 gives every task to `--user`.
+    #[arg(long, default_value_t = 0)]
+    pub light_users: u32,
+    /// With `--light-users`: the percentage of the tasks that `--user` owns (0 to 100); the
+    /// light users share the rest evenly.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub heavy_share: u8,
 }
 
 /// `user ...` subcommands.

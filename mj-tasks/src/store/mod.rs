@@ -23,7 +23,7 @@ pub mod poll;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlTaskStore;
@@ -119,6 +119,12 @@ pub trait TaskStore: Send + Sync {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Brings the planner's statistics of the task tables up to date (SQLite `ANALYZE` within
+    /// its analysis limit, PostgreSQL `VACUUM (ANALYZE)`, MariaDB `ANALYZE TABLE`). Normal
+    /// operation keeps them fresh by itself; call this after bulk writes (seeding, imports,
+    /// large [`Self::insert_many`] runs), which change the data faster than that.
+    async fn refresh_statistics(&self) -> Result<(), StoreError>;
 }
 
 /// Storage of upstream channels. Object safe: use it as `Arc<dyn ChannelStore>`.

@@ -24,6 +24,9 @@ impl MySqlTaskStore {
     /// page's cached statement, see above).
     pub(crate) const TOTAL_IN_PAGE_STATEMENT: bool = false;
 
+    /// InnoDB's persistent statistics, re-sampled now rather than after its own threshold.
+    pub(crate) const REFRESH_STATISTICS: &[&str] = &["ANALYZE TABLE midjourneys"];
+
     /// Connects to `url` (`mysql://root@host/db`; `mariadb://` is accepted as an alias) and
     /// applies the migrations.
     ///

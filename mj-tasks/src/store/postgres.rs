@@ -23,6 +23,10 @@ impl PostgresTaskStore {
     /// once.
     pub(crate) const TOTAL_IN_PAGE_STATEMENT: bool = false;
 
+    /// Statistics, and the visibility map that index-only scans need (a bulk load leaves
+    /// every page unmarked until autovacuum gets to it).
+    pub(crate) const REFRESH_STATISTICS: &[&str] = &["VACUUM (ANALYZE) midjourneys"];
+
     /// Connects to `url` (`postgres://user@host/db`) and applies the migrations.
     ///
     /// # Examples
