@@ -124,6 +124,24 @@ pub struct Settings {
     /// and the like from another process apply within this time.
     #[arg(long, env = "MJ_TOKEN_CACHE_MS", default_value_t = 1000, global = true)]
     pub token_cache_ms: u64,
+    /// Seconds a connection may take to send a request's headers, and may stay idle between
+    /// requests, before it is closed (slow or half-open clients cannot pile up).
+    #[arg(
+        long,
+        env = "MJ_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub header_read_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT; then the remaining
+    /// connections are closed and the process exits.
+    #[arg(
+        long,
+        env = "MJ_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub shutdown_timeout_secs: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or mj_tasks_server=debug.
     #[arg(long, env = "MJ_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -150,6 +168,8 @@ impl Settings {
             prices: mj_tasks::PriceTable::default(),
             upstream_timeout_secs: 60,
             token_cache_ms: 1000,
+            header_read_timeout_secs: 10,
+            shutdown_timeout_secs: 10,
             log: "info".to_owned(),
         }
     }
@@ -194,6 +214,8 @@ impl fmt::Debug for Settings {
             .field("prices", &self.prices)
             .field("upstream_timeout_secs", &self.upstream_timeout_secs)
             .field("token_cache_ms", &self.token_cache_ms)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .field("log", &self.log)
             .finish()
     }
@@ -222,6 +244,22 @@ pub enum Command {
     },
     /// Fill the store with realistic tasks for demos and benchmarks.
     Seed(SeedArgs),
+    /// Move over from new-api: copy its users (tokens kept, hashed), Midjourney channels
+    /// (types 2 and 5) and every `midjourneys` row into --database-url, keeping their ids.
+    /// Idempotent and resumable: rerun it after an interruption; conflicts stop it before it
+    /// writes anything.
+    Import {
+        /// new-api's database: a SQLite file path or sqlite: URL, postgres://... or mysql://...
+        /// (opened read-only).
+        #[arg(long)]
+        from: String,
+        /// Tasks per transaction.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        batch: u32,
+        /// Report what would be imported and any conflicts, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `seed` arguments.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use mj_tasks::StoreError;
 
-use crate::users::{Role, User, UserStore};
+use crate::users::{ImportedUser, Role, User, UserStore};
 
 /// Tokens remembered at most; beyond that the expired ones go, and if none has expired, all.
 pub const CAPACITY: usize = 4096;
@@ -105,6 +105,15 @@ impl UserStore for CachedUserStore {
             .create_user(username, role, quota, token_hash)
             .await;
         self.changed(result)
+    }
+
+    async fn insert_user_with_id(&self, user: &ImportedUser) -> Result<(), StoreError> {
+        let result = self.inner.insert_user_with_id(user).await;
+        self.changed(result)
+    }
+
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
+        self.inner.user_by_id(id).await
     }
 
     async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
