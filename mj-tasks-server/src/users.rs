@@ -113,8 +113,6 @@ pub trait UserStore: Send + Sync {
     /// Inserts a user with its id and values as given (an import keeps new-api's ids); a taken
     /// id or name is [`StoreError::Conflict`].
     async fn insert_user_with_id(&self, user: &ImportedUser) -> Result<(), StoreError>;
-    /// The user with this id.
-    async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError>;
     /// The user whose token has this digest.
     async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError>;
     /// The user with this name.
@@ -267,14 +265,6 @@ macro_rules! impl_user_store {
                 }
                 tx.commit().await?;
                 Ok(())
-            }
-
-            async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
-                let mut builder = sqlx::QueryBuilder::<$db>::new(SELECT_USERS);
-                builder.push(" WHERE id = ").push_bind(id);
-                let row: Option<UserRow> =
-                    builder.build_query_as().fetch_optional(&self.pool).await?;
-                Ok(row.map(Into::into))
             }
 
             async fn user_by_token_hash(
