@@ -8,7 +8,9 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod images;
+pub mod import;
 pub mod server;
+pub mod token_cache;
 pub mod users;
 
 pub use app::{App, OpenError};

@@ -372,6 +372,82 @@ async fn filters_and_pagination() {
     }
 }
 
+/// `status`, `action` and (admin) `user_id` filter both routes; `next_cursor` walks a list
+/// page by page, `null` on the last page, and a cursor of another list is a 400.
+#[tokio::test]
+async fn status_action_user_filters_and_cursors() {
+    let f = fixture().await;
+    let mut failed = task(f.alice.0.id, 10);
+    failed.status = TaskStatus::Failure;
+    failed.action = TaskAction::Upscale;
+    f.app.tasks.insert(&failed).await.unwrap();
+    let alice = bearer(&f.alice.1);
+    let admin = bearer(&f.admin.1);
+    let total = |body: &Value| body["data"]["total"].as_i64();
+    for (path, token, expected) in [
+        ("/api/mj/self?status=FAILURE", &alice, 1),
+        ("/api/mj/self?status=SUCCESS&action=IMAGINE", &alice, 3),
+        ("/api/mj/self?action=UPSCALE&user_id=999999", &alice, 1),
+        ("/api/mj/?status=NOT_A_STATUS", &admin, 0),
+        ("/api/mj/?action=UPSCALE", &admin, 1),
+        ("/api/mj/?status=SUCCESS&channel_id=5", &admin, 5),
+        ("/api/mj/?mj_id=%00", &admin, 0),
+    ] {
+        let (status, body) = get(&f.app, path, &[("authorization", token)]).await;
+        assert_eq!((status, total(&body)), (200, Some(expected)), "{path}");
+    }
+    let bob_only = format!("/api/mj/?user_id={}", f.bob.0.id);
+    let (_, body) = get(&f.app, &bob_only, &[("authorization", &admin)]).await;
+    assert_eq!(total(&body), Some(2));
+    assert!(
+        body["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|item| item["user_id"] == f.bob.0.id)
+    );
+
+    // A cursor walk over alice's four tasks, two at a time.
+    let (_, first) = get(
+        &f.app,
+        "/api/mj/self?page_size=2",
+        &[("authorization", &alice)],
+    )
+    .await;
+    let cursor = first["data"]["next_cursor"].as_str().unwrap().to_owned();
+    let (status, second) = get(
+        &f.app,
+        &format!("/api/mj/self?page_size=2&p=40&cursor={cursor}"),
+        &[("authorization", &alice)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (total(&second), second["data"]["page"].as_i64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(second["data"]["next_cursor"], Value::Null, "last page");
+    let walked: Vec<i64> = [&first, &second]
+        .iter()
+        .flat_map(|body| body["data"]["items"].as_array().unwrap().clone())
+        .map(|item| item["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(walked.len(), 4);
+    assert!(walked.windows(2).all(|pair| pair[0] > pair[1]));
+    // The same cursor on another list (other filters, other owner) is refused.
+    for (path, token) in [
+        (
+            format!("/api/mj/self?status=SUCCESS&cursor={cursor}"),
+            &alice,
+        ),
+        (format!("/api/mj/?cursor={cursor}"), &admin),
+    ] {
+        let (status, body) = get(&f.app, &path, &[("authorization", token)]).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(body["message"].as_str().unwrap().contains("`cursor`"));
+    }
+}
+
 #[tokio::test]
 async fn bad_input_is_a_400_naming_the_parameter() {
     let f = fixture().await;
@@ -384,9 +460,13 @@ async fn bad_input_is_a_400_naming_the_parameter() {
         ("ps=-5", "ps"),
         ("page_size=ten", "page_size"),
         ("channel_id=abc", "channel_id"),
+        ("user_id=abc", "user_id"),
+        ("cursor=zz", "cursor"),
+        ("cursor=00", "cursor"),
     ] {
         for route in ["/api/mj/", "/api/mj/self"] {
-            if parameter == "channel_id" && route == "/api/mj/self" {
+            let admin_only = ["channel_id", "user_id"];
+            if admin_only.contains(&parameter) && route == "/api/mj/self" {
                 continue;
             }
             let (status, body) = get(

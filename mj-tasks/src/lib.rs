@@ -39,8 +39,10 @@
 compile_error!("mj-tasks needs at least one backend feature: sqlite, postgres or mysql");
 
 pub mod billing;
+pub mod bulk;
 pub mod channel;
 pub mod image;
+pub mod import;
 pub mod model;
 pub mod poller;
 pub mod query;
@@ -67,8 +69,8 @@ pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
 pub use store::{
-    Backend, ChannelStore, PollStore, Reservation, ReservationStore, SettingStore, SqlPollStore,
-    SqlReservationStore, SqlStore, StoreError, TaskStore, WriteOutcome, connect,
+    Backend, ChannelStore, ImportStore, PollStore, Reservation, ReservationStore, SettingStore,
+    SqlPollStore, SqlReservationStore, SqlStore, StoreError, TaskStore, WriteOutcome, connect,
 };
 #[cfg(any(test, feature = "mock"))]
 pub use store::{

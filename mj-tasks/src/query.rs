@@ -4,8 +4,9 @@
 //! reads `?p=2&page_size=50&start_timestamp=...` the same way.
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
-use crate::model::{TaskAction, TaskStatus};
+use crate::model::{Task, TaskAction, TaskStatus};
 use crate::text::can_match_short;
 
 /// Which tasks a list covers, by owner and by column filters. Every filter is optional and they
@@ -69,6 +70,18 @@ impl TaskQuery {
         self
     }
 
+    /// Restricts to one status (exact match on the stored value).
+    pub fn with_status(mut self, status: TaskStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Restricts to one action (exact match on the stored value).
+    pub fn with_action(mut self, action: TaskAction) -> Self {
+        self.action = Some(action);
+        self
+    }
+
     /// Whether the bounds cannot match anything (`from > to`), so no query needs to run.
     pub fn is_empty_range(&self) -> bool {
         matches!((self.submitted_from, self.submitted_to), (Some(from), Some(to)) if from > to)
@@ -96,13 +109,141 @@ impl TaskQuery {
                 .flatten()
                 .any(|value| !can_match_short(value))
     }
+
+    /// Whether a time bound is set.
+    pub fn has_range(&self) -> bool {
+        self.submitted_from.is_some() || self.submitted_to.is_some()
+    }
+
+    /// A digest of every filter, so that a cursor made for one list is refused by another.
+    fn fingerprint(&self, hasher: &mut Sha256) {
+        fn int(hasher: &mut Sha256, value: Option<i64>) {
+            match value {
+                Some(value) => {
+                    hasher.update([1]);
+                    hasher.update(value.to_be_bytes());
+                }
+                None => hasher.update([0]),
+            }
+        }
+        fn text(hasher: &mut Sha256, value: Option<&str>) {
+            match value {
+                Some(value) => {
+                    hasher.update([1]);
+                    hasher.update((value.len() as u64).to_be_bytes());
+                    hasher.update(value.as_bytes());
+                }
+                None => hasher.update([0]),
+            }
+        }
+        int(hasher, self.owner);
+        int(hasher, self.channel_id);
+        int(hasher, self.submitted_from);
+        int(hasher, self.submitted_to);
+        text(hasher, self.mj_id.as_deref());
+        text(hasher, self.status.as_ref().map(TaskStatus::as_str));
+        text(hasher, self.action.as_ref().map(TaskAction::as_str));
+    }
 }
 
-/// A validated page request: 1-based page number and a page size in `1..=MAX_PAGE_SIZE`.
+/// Where a cursor walk stands: the last item of the page before, and the number of the page
+/// the cursor leads to. The next page holds the tasks with `id < last_id`, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorPosition {
+    /// The id of the last item of the previous page.
+    pub last_id: i64,
+    /// Its `submit_time`: range pages start their index walk there.
+    pub last_submit_time: i64,
+    /// The 1-based number of the page this cursor leads to.
+    pub page: u64,
+}
+
+impl CursorPosition {
+    /// The position after `last`, the final item of page `page`.
+    pub fn after(last: &Task, page: u64) -> Self {
+        Self {
+            last_id: last.id,
+            last_submit_time: last.submit_time,
+            page: page.saturating_add(1).min(PageRequest::MAX_PAGE),
+        }
+    }
+
+    const BODY_LEN: usize = 24;
+    const DIGEST_LEN: usize = 8;
+
+    /// The opaque `next_cursor` string of this position in the list of `query`: hex of the
+    /// position and a digest binding it to the query's filters.
+    ///
+    /// ```
+    /// use mj_tasks::query::CursorPosition;
+    /// use mj_tasks::TaskQuery;
+    /// let position = CursorPosition { last_id: 42, last_submit_time: 1_700_000_000_000, page: 3 };
+    /// let cursor = position.encode(&TaskQuery::owned_by(7));
+    /// assert_eq!(CursorPosition::decode(&cursor, &TaskQuery::owned_by(7)), Ok(position));
+    /// assert!(CursorPosition::decode(&cursor, &TaskQuery::owned_by(8)).is_err());
+    /// ```
+    pub fn encode(&self, query: &TaskQuery) -> String {
+        let body = self.body();
+        let mut bytes = body.to_vec();
+        bytes.extend_from_slice(&Self::digest(&body, query));
+        hex::encode(bytes)
+    }
+
+    /// Reads a cursor made by [`Self::encode`] for the same filters; anything else (not hex,
+    /// wrong length, altered, made for other filters) is a [`QueryError`] naming `cursor`.
+    pub fn decode(cursor: &str, query: &TaskQuery) -> Result<Self, QueryError> {
+        let invalid = || QueryError::new("cursor", "must be a next_cursor of this same list");
+        let bytes = hex::decode(cursor).map_err(|_| invalid())?;
+        if bytes.len() != Self::BODY_LEN + Self::DIGEST_LEN {
+            return Err(invalid());
+        }
+        let (body, digest) = bytes.split_at(Self::BODY_LEN);
+        let body: [u8; Self::BODY_LEN] = body.try_into().map_err(|_| invalid())?;
+        if Self::digest(&body, query).as_slice() != digest {
+            return Err(invalid());
+        }
+        let word = |n: usize| {
+            let mut buffer = [0; 8];
+            buffer.copy_from_slice(&body[n * 8..n * 8 + 8]);
+            buffer
+        };
+        let page = u64::from_be_bytes(word(2));
+        if !(2..=PageRequest::MAX_PAGE).contains(&page) {
+            return Err(invalid());
+        }
+        Ok(Self {
+            last_id: i64::from_be_bytes(word(0)),
+            last_submit_time: i64::from_be_bytes(word(1)),
+            page,
+        })
+    }
+
+    fn body(&self) -> [u8; Self::BODY_LEN] {
+        let mut body = [0; Self::BODY_LEN];
+        body[..8].copy_from_slice(&self.last_id.to_be_bytes());
+        body[8..16].copy_from_slice(&self.last_submit_time.to_be_bytes());
+        body[16..].copy_from_slice(&self.page.to_be_bytes());
+        body
+    }
+
+    fn digest(body: &[u8; Self::BODY_LEN], query: &TaskQuery) -> [u8; Self::DIGEST_LEN] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"mj-tasks list cursor v1\0");
+        hasher.update(body);
+        query.fingerprint(&mut hasher);
+        let mut digest = [0; Self::DIGEST_LEN];
+        digest.copy_from_slice(&hasher.finalize()[..Self::DIGEST_LEN]);
+        digest
+    }
+}
+
+/// A validated page request: 1-based page number and a page size in `1..=MAX_PAGE_SIZE`, and
+/// optionally a cursor position, which replaces the page number's offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {
     page: u64,
     page_size: u32,
+    after: Option<CursorPosition>,
 }
 
 impl PageRequest {
@@ -134,7 +275,11 @@ impl PageRequest {
             n => n.min(i64::from(Self::MAX_PAGE_SIZE)) as u32,
         };
         let page = (page.max(1) as u64).min(Self::MAX_PAGE);
-        Ok(Self { page, page_size })
+        Ok(Self {
+            page,
+            page_size,
+            after: None,
+        })
     }
 
     /// The first page with the default size.
@@ -142,7 +287,23 @@ impl PageRequest {
         Self {
             page: 1,
             page_size: Self::DEFAULT_PAGE_SIZE,
+            after: None,
         }
+    }
+
+    /// The page after a cursor position (keyset pagination): the page number becomes the
+    /// cursor's and the offset is gone.
+    pub fn after(self, position: CursorPosition) -> Self {
+        Self {
+            page: position.page,
+            after: Some(position),
+            ..self
+        }
+    }
+
+    /// The cursor position this page starts after, if it was asked for by cursor.
+    pub fn cursor(&self) -> Option<CursorPosition> {
+        self.after
     }
 
     /// The 1-based page number.
@@ -155,8 +316,12 @@ impl PageRequest {
         self.page_size
     }
 
-    /// Rows to skip: `(page - 1) * page_size`.
+    /// Rows to skip: `(page - 1) * page_size`, or 0 after a cursor (the cursor's bound does
+    /// the skipping).
     pub fn offset(&self) -> u64 {
+        if self.after.is_some() {
+            return 0;
+        }
         (self.page - 1) * u64::from(self.page_size)
     }
 }
@@ -178,6 +343,9 @@ pub struct Page<T> {
     pub page: u64,
     /// The effective page size.
     pub page_size: u32,
+    /// The opaque cursor of the page after this one (pass it as `cursor`), or `None` on the
+    /// last page.
+    pub next_cursor: Option<String>,
 }
 
 impl<T> Page<T> {
@@ -188,6 +356,7 @@ impl<T> Page<T> {
             total,
             page: request.page(),
             page_size: request.page_size(),
+            next_cursor: None,
         }
     }
 
@@ -198,6 +367,7 @@ impl<T> Page<T> {
             total: self.total,
             page: self.page,
             page_size: self.page_size,
+            next_cursor: self.next_cursor,
         }
     }
 
@@ -208,6 +378,36 @@ impl<T> Page<T> {
             total: self.total,
             page: self.page,
             page_size: self.page_size,
+            next_cursor: self.next_cursor.clone(),
+        }
+    }
+}
+
+impl Page<Task> {
+    /// The page of `request` from `rows`, which the store read with one row more than the page
+    /// holds: that extra row only tells that a next page exists, and `next_cursor` then points
+    /// after the page's last item.
+    pub fn from_rows(
+        query: &TaskQuery,
+        request: PageRequest,
+        total: u64,
+        mut rows: Vec<Task>,
+    ) -> Self {
+        let page_size = request.page_size() as usize;
+        let has_next = rows.len() > page_size;
+        rows.truncate(page_size);
+        let next_cursor = match rows.last() {
+            Some(last) if has_next => {
+                Some(CursorPosition::after(last, request.page()).encode(query))
+            }
+            _ => None,
+        };
+        Self {
+            items: rows,
+            total,
+            page: request.page(),
+            page_size: request.page_size(),
+            next_cursor,
         }
     }
 }
@@ -231,9 +431,9 @@ impl QueryError {
 /// Who is listing: decides the owner scope and which parameters count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {
-    /// A user listing their own tasks; `channel_id` is ignored.
+    /// A user listing their own tasks; `channel_id` and `user_id` are ignored.
     Owner(i64),
-    /// An administrator listing every task; `channel_id` filters.
+    /// An administrator listing every task; `channel_id` and `user_id` filter.
     Admin,
 }
 
@@ -261,8 +461,11 @@ pub fn normalize_millis(value: i64) -> i64 {
 ///
 /// - `p`: 1-based, `<= 0` reads as 1; `page_size` (aliases `ps`, `size`): 0 = default 20, capped
 ///   at 100, negative is an error;
-/// - `mj_id`, `status`, `action`: exact match; `channel_id` only for [`Audience::Admin`];
+/// - `mj_id`, `status`, `action`: exact match on the stored value (an unknown value matches
+///   nothing); `channel_id` and `user_id` (integers) only for [`Audience::Admin`];
 /// - `start_timestamp` / `end_timestamp`: inclusive bounds on `submit_time`, seconds or ms;
+/// - `cursor`: a [`Page::next_cursor`] of the same filters; the page after it is read instead
+///   of page `p` (whose number is then ignored);
 /// - an empty value means "not given"; unknown parameters are ignored; the first occurrence of a
 ///   repeated parameter wins; a value that is not of its type is a [`QueryError`] naming it.
 ///
@@ -322,7 +525,14 @@ pub fn parse_list_query(
         query.channel_id = get("channel_id")
             .map(|v| parse_integer(v, "channel_id"))
             .transpose()?;
+        query.owner = get("user_id")
+            .map(|v| parse_integer(v, "user_id"))
+            .transpose()?;
     }
+    let page = match get("cursor") {
+        Some(cursor) => page.after(CursorPosition::decode(cursor, &query)?),
+        None => page,
+    };
     Ok((query, page))
 }
 
@@ -416,6 +626,61 @@ mod tests {
         assert_eq!(query.owner, Some(4));
         assert_eq!(query.channel_id, None);
         assert_eq!(query.mj_id.as_deref(), Some("猫"));
+    }
+
+    #[test]
+    fn admin_filters_by_user_and_owner_cannot() {
+        let (query, _) = parse("user_id=12&status=IN_PROGRESS").unwrap_or_default();
+        assert_eq!(query.owner, Some(12));
+        assert_eq!(query.status, Some(TaskStatus::InProgress));
+        assert_eq!(parse("user_id=abc").unwrap_err().parameter, "user_id");
+        let (own, _) =
+            parse_list_query("user_id=12&action=UPSCALE", Audience::Owner(4)).unwrap_or_default();
+        assert_eq!(own.owner, Some(4));
+        assert_eq!(own.action, Some(TaskAction::Upscale));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_other_lists() {
+        let query = TaskQuery::owned_by(4).with_status(TaskStatus::Success);
+        let position = CursorPosition {
+            last_id: 1234,
+            last_submit_time: 1_700_000_000_000,
+            page: 2,
+        };
+        let cursor = position.encode(&query);
+        let raw = format!("status=SUCCESS&p=9&page_size=5&cursor={cursor}");
+        let (parsed, page) = parse_list_query(&raw, Audience::Owner(4)).unwrap();
+        assert_eq!(parsed, query);
+        assert_eq!(page.cursor(), Some(position));
+        assert_eq!((page.page(), page.page_size(), page.offset()), (2, 5, 0));
+        // Same cursor, other filters or another owner: refused, naming `cursor`.
+        for (raw, audience) in [
+            (
+                format!("status=FAILURE&cursor={cursor}"),
+                Audience::Owner(4),
+            ),
+            (
+                format!("status=SUCCESS&cursor={cursor}"),
+                Audience::Owner(5),
+            ),
+            (format!("status=SUCCESS&cursor={cursor}"), Audience::Admin),
+        ] {
+            let error = parse_list_query(&raw, audience).unwrap_err();
+            assert_eq!(error.parameter, "cursor", "{raw}");
+        }
+        // Malformed or tampered.
+        let mut tampered = cursor.clone().into_bytes();
+        tampered[10] = if tampered[10] == b'0' { b'1' } else { b'0' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        for bad in ["zz", "00", &cursor[..cursor.len() - 2], &tampered, "%00"] {
+            let raw = format!("status=SUCCESS&cursor={bad}");
+            let error = parse_list_query(&raw, Audience::Owner(4)).unwrap_err();
+            assert_eq!(error.parameter, "cursor", "{bad}");
+        }
+        // An empty cursor is no cursor.
+        let (_, page) = parse_list_query("cursor=&p=3", Audience::Owner(4)).unwrap();
+        assert_eq!((page.cursor(), page.page()), (None, 3));
     }
 
     #[test]

@@ -527,6 +527,234 @@ async fn channels(store: &SqlStore, _: &TestDb) {
     assert!(!listed[0].enabled);
 }
 
+/// The admin route's `user_id`, `status` and `action` filters alone and combined with every
+/// other filter; text no backend can store matches nothing (and never reaches PostgreSQL,
+/// which would refuse a NUL).
+async fn status_action_and_owner_filters(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await;
+    let total = |raw: &str| {
+        let tasks = tasks.clone();
+        let raw = raw.to_owned();
+        async move {
+            let (query, page) = parse_list_query(&raw, Audience::Admin).unwrap();
+            let listed = tasks.list(&query, page).await.unwrap();
+            assert_eq!(tasks.count(&query).await.unwrap(), listed.total, "{raw}");
+            listed.total
+        }
+    };
+    // User 1: n in 0..30; user 2: n in 0, 3, ..., 27. Even n SUCCESS, n % 3 == 0 UPSCALE,
+    // channel 1 + n % 3.
+    assert_eq!(total("user_id=1").await, 30);
+    assert_eq!(total("user_id=2&status=SUCCESS").await, 5);
+    assert_eq!(total("status=IN_PROGRESS").await, 20);
+    assert_eq!(total("status=IN_PROGRESS&channel_id=1").await, 5 + 5);
+    assert_eq!(total("action=UPSCALE").await, 20);
+    assert_eq!(total("action=UPSCALE&status=SUCCESS&user_id=1").await, 5);
+    assert_eq!(total("action=IMAGINE&channel_id=1").await, 0);
+    assert_eq!(total("status=success").await, 0, "exact match");
+    assert_eq!(total("status=NO_SUCH_STATUS").await, 0);
+    let week = format!(
+        "start_timestamp={}&end_timestamp={}",
+        BASE_MS + 7 * DAY_MS,
+        BASE_MS + 13 * DAY_MS
+    );
+    assert_eq!(total(&format!("{week}&channel_id=2")).await, 2 + 1);
+    assert_eq!(total(&format!("{week}&status=SUCCESS&user_id=1")).await, 3);
+    for unstorable in ["a%00b", "%00"] {
+        for filter in ["mj_id", "status", "action"] {
+            assert_eq!(total(&format!("{filter}={unstorable}")).await, 0);
+        }
+        assert!(
+            tasks
+                .find_by_mj_id(&unstorable.replace("%00", "\0"), Some(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let too_long = "x".repeat(mj_tasks::text::SHORT_TEXT_MAX_CHARS + 1);
+    assert_eq!(total(&format!("mj_id={too_long}")).await, 0);
+    assert!(
+        tasks
+            .find_by_mj_id(&too_long, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Walks a list by cursor and checks it against the same list read in one page.
+async fn walk(
+    tasks: &Arc<dyn TaskStore>,
+    raw: &str,
+    page_size: usize,
+    between_pages: impl Fn(u64) -> Option<NewTask>,
+) -> Vec<i64> {
+    let (query, first) =
+        parse_list_query(&format!("{raw}&page_size={page_size}"), Audience::Admin).unwrap();
+    let total = tasks.count(&query).await.unwrap();
+    let mut page = tasks.list(&query, first).await.unwrap();
+    let mut walked = ids(&page);
+    let mut number: u64 = 1;
+    while let Some(cursor) = page.next_cursor.clone() {
+        assert_eq!(
+            page.items.len(),
+            page_size,
+            "{raw}: only the last page is short"
+        );
+        if let Some(new) = between_pages(number) {
+            tasks.insert(&new).await.unwrap();
+        }
+        let (query, request) = parse_list_query(
+            &format!("{raw}&page_size={page_size}&p=77&cursor={cursor}"),
+            Audience::Admin,
+        )
+        .unwrap();
+        page = tasks.list(&query, request).await.unwrap();
+        number += 1;
+        assert_eq!(page.page, number, "{raw}: page numbers follow the walk");
+        assert!(page.total >= total, "{raw}: totals are the filter's");
+        walked.extend(ids(&page));
+    }
+    walked
+}
+
+/// Cursor walks: every list, read by cursor, yields each task of the list once, in order,
+/// whatever is inserted between two requests; the last page has no cursor.
+async fn cursor_walks(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await;
+    let week = format!(
+        "start_timestamp={}&end_timestamp={}",
+        BASE_MS + 7 * DAY_MS,
+        BASE_MS + 20 * DAY_MS
+    );
+    let lists = [
+        String::new(),
+        "user_id=1".to_owned(),
+        "status=SUCCESS".to_owned(),
+        "channel_id=2&status=IN_PROGRESS".to_owned(),
+        "action=UPSCALE".to_owned(),
+        week.clone(),
+        format!("{week}&channel_id=1"),
+        format!("{week}&user_id=1&status=SUCCESS"),
+        "mj_id=mj-1-4".to_owned(),
+        "user_id=99".to_owned(),
+    ];
+    for raw in &lists {
+        let (query, _) = parse_list_query(raw, Audience::Admin).unwrap();
+        let everything = tasks
+            .list(&query, PageRequest::new(1, 100).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(everything.next_cursor, None, "{raw}: one page holds it all");
+        for size in [1, 3, 7, 100] {
+            let walked = walk(&tasks, raw, size, |_| None).await;
+            assert_eq!(walked, ids(&everything), "{raw}, page size {size}");
+        }
+    }
+    // New tasks, matching every filter, arrive between pages: they are newer than the walk's
+    // position, so nothing shifts and nothing repeats.
+    for raw in &lists {
+        let (query, _) = parse_list_query(raw, Audience::Admin).unwrap();
+        let before = tasks
+            .list(&query, PageRequest::new(1, 100).unwrap())
+            .await
+            .unwrap();
+        let walked = walk(&tasks, raw, 4, |n| {
+            Some(NewTask {
+                mj_id: "mj-1-4".into(),
+                ..task(1, 10 + n as i64)
+            })
+        })
+        .await;
+        assert_eq!(walked, ids(&before), "{raw} with inserts between pages");
+    }
+}
+
+/// Range pages by cursor stay exact when submit times do not follow ids.
+async fn range_cursors_when_times_do_not_follow_ids(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    let batch: Vec<NewTask> = (0..60)
+        .map(|n| NewTask {
+            submit_time: BASE_MS + ((n * 37) % 60) * DAY_MS,
+            ..task(3, n)
+        })
+        .collect();
+    tasks.insert_many(&batch).await.unwrap();
+    let raw = format!(
+        "user_id=3&start_timestamp={}&end_timestamp={}",
+        BASE_MS + 10 * DAY_MS,
+        BASE_MS + 49 * DAY_MS
+    );
+    let (query, _) = parse_list_query(&raw, Audience::Admin).unwrap();
+    let everything = tasks
+        .list(&query, PageRequest::new(1, 100).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(everything.total, 40);
+    for size in [1, 2, 5, 13] {
+        assert_eq!(walk(&tasks, &raw, size, |_| None).await, ids(&everything));
+    }
+}
+
+/// Planner statistics can be refreshed on every backend, and the lookups that must stay
+/// index probes are planned as such on SQLite, with or without statistics.
+async fn statistics_and_lookup_plans(store: &SqlStore, db: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await;
+    tasks.refresh_statistics().await.unwrap();
+    assert_eq!(tasks.count(&TaskQuery::all()).await.unwrap(), 40);
+    if db.kind != Kind::Sqlite {
+        return;
+    }
+    let mj_tasks::SqlStore::Sqlite(sqlite) = store else {
+        panic!("a SQLite URL opens a SQLite store");
+    };
+    let analyzed: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_stat1 WHERE tbl = 'midjourneys'")
+            .fetch_one(sqlite.pool())
+            .await
+            .unwrap();
+    assert!(analyzed > 0, "ANALYZE wrote statistics");
+    for (statement, index) in [
+        (
+            "SELECT id FROM midjourneys WHERE user_id = 1 AND mj_id = 'x' ORDER BY id DESC LIMIT 1",
+            "idx_midjourneys_user_mj_id",
+        ),
+        (
+            "SELECT COUNT(*) FROM midjourneys WHERE channel_id = 1 AND submit_time >= 5 \
+             AND submit_time <= 9",
+            "idx_midjourneys_channel_submit",
+        ),
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT detail FROM (EXPLAIN QUERY PLAN {statement})"
+        )))
+        .fetch_all(sqlite.pool())
+        .await
+        .unwrap_or_default();
+        let plan = if plan.is_empty() {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {statement}"
+            )))
+            .fetch_all(sqlite.pool())
+            .await
+            .unwrap();
+            rows.iter()
+                .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+                .collect()
+        } else {
+            plan
+        };
+        assert!(
+            plan.iter().any(|line| line.contains(index)),
+            "{statement}: {plan:?}"
+        );
+    }
+}
+
 async fn migrations_are_idempotent_and_schemas_match(store: &SqlStore, db: &TestDb) {
     store.tasks().insert(&task(1, 1)).await.unwrap();
     // Connecting again re-runs the migrator: nothing is applied twice, nothing is lost.
@@ -589,5 +817,9 @@ all_backends!(
     duplicate_mj_ids,
     unfinished_batches_and_cas,
     channels,
+    status_action_and_owner_filters,
+    cursor_walks,
+    range_cursors_when_times_do_not_follow_ids,
+    statistics_and_lookup_plans,
     migrations_are_idempotent_and_schemas_match,
 );

@@ -10,6 +10,8 @@
 //! The workflow itself is the library's ([`mj_tasks::relay::Relay`]): this module reads the
 //! caller from the headers, calls it, and maps each outcome to a status code and body.
 
+use std::convert::Infallible;
+
 use mj_tasks::SubmitKind;
 use mj_tasks::relay::{InvalidRequest, ListByConditionRequest, SubmitOutcome};
 use mj_tasks::upstream::codes;
@@ -83,6 +85,20 @@ impl From<mj_tasks::StoreError> for RelayError {
     fn from(error: mj_tasks::StoreError) -> Self {
         Self::store(error)
     }
+}
+
+/// Renders every rejection of the relay routes (unknown route, wrong method, body or URI too
+/// large, ...) as a `SubmitResult`, never the dashboard's envelope.
+pub async fn handle_rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let (status, message) = crate::http::error::rejection_status(&rejection);
+    let code = if status == StatusCode::NOT_FOUND {
+        codes::NOT_FOUND
+    } else if status.is_server_error() {
+        codes::FAILURE
+    } else {
+        codes::VALIDATION_ERROR
+    };
+    Ok(RelayError::new(status, code, message).into_response())
 }
 
 fn respond(result: Result<warp::reply::Response, RelayError>) -> warp::reply::Response {

@@ -17,6 +17,8 @@ use crate::query::{Page, PageRequest, TaskQuery};
 mod sql;
 #[macro_use]
 mod settings;
+#[macro_use]
+pub mod import;
 #[cfg(feature = "mysql")]
 mod mysql;
 pub mod poll;
@@ -24,8 +26,11 @@ pub mod poll;
 mod postgres;
 pub mod reservations;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 
+#[cfg(any(test, feature = "mock"))]
+pub use import::MockImportStore;
+pub use import::{ClaimEntity, IdSpan, ImportClaim, ImportStore};
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlTaskStore;
 #[cfg(any(test, feature = "mock"))]
@@ -106,6 +111,12 @@ pub trait TaskStore: Send + Sync {
     /// Inserts many tasks in one transaction (chunked into multi-row inserts); returns how many.
     async fn insert_many(&self, tasks: &[NewTask]) -> Result<u64, StoreError>;
 
+    /// Inserts whole tasks with the ids and versions they carry (an import from another
+    /// database keeps its ids), in one transaction; returns how many. An id already taken fails
+    /// the whole call with [`StoreError::Conflict`]. A task is stored as finished (never polled)
+    /// when its status is terminal or its progress reads `100%`, new-api's own marker.
+    async fn insert_with_ids(&self, tasks: &[Task]) -> Result<u64, StoreError>;
+
     /// The task with this id.
     async fn get(&self, id: i64) -> Result<Option<Task>, StoreError>;
 
@@ -134,6 +145,12 @@ pub trait TaskStore: Send + Sync {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Brings the planner's statistics of the task tables up to date (SQLite `ANALYZE` within
+    /// its analysis limit, PostgreSQL `VACUUM (ANALYZE)`, MariaDB `ANALYZE TABLE`). Normal
+    /// operation keeps them fresh by itself; call this after bulk writes (seeding, imports,
+    /// large [`Self::insert_many`] runs), which change the data faster than that.
+    async fn refresh_statistics(&self) -> Result<(), StoreError>;
 }
 
 /// Storage of upstream channels. Object safe: use it as `Arc<dyn ChannelStore>`.
@@ -243,6 +260,11 @@ impl SqlStore {
 
     /// The store as a setting store.
     pub fn settings(&self) -> Arc<dyn SettingStore> {
+        shared_backend!(self)
+    }
+
+    /// The store as an import store (claims, channels with their ids).
+    pub fn imports(&self) -> Arc<dyn ImportStore> {
         shared_backend!(self)
     }
 

@@ -24,6 +24,9 @@ impl MySqlTaskStore {
     /// page's cached statement, see above).
     pub(crate) const TOTAL_IN_PAGE_STATEMENT: bool = false;
 
+    /// InnoDB's persistent statistics, re-sampled now rather than after its own threshold.
+    pub(crate) const REFRESH_STATISTICS: &[&str] = &["ANALYZE TABLE midjourneys"];
+
     /// Connects to `url` (`mysql://root@host/db`; `mariadb://` is accepted as an alias) and
     /// applies the migrations.
     ///
@@ -62,6 +65,11 @@ impl MySqlTaskStore {
         Ok(())
     }
 
+    /// InnoDB moves `AUTO_INCREMENT` past explicitly written ids by itself.
+    pub(crate) fn sync_id_sequence(_table: &'static str) -> Option<&'static str> {
+        None
+    }
+
     /// The connection pool, for sharing with other tables of an embedding application.
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
@@ -81,3 +89,4 @@ impl MySqlTaskStore {
 
 impl_sql_stores!(MySqlTaskStore, sqlx::MySql);
 impl_setting_store!(MySqlTaskStore, sqlx::MySql);
+impl_import_store!(MySqlTaskStore, sqlx::MySql);

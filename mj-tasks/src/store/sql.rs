@@ -40,6 +40,13 @@ pub(crate) const INSERT_TASKS: &str = "INSERT INTO midjourneys (code, user_id, a
     video_url, video_urls, status, progress, fail_reason, channel_id, quota, buttons, \
     properties, finished) ";
 
+/// The insert prefix of rows that keep their ids (imports); [`push_task_rows`] appends the
+/// `VALUES` list in this order.
+pub(crate) const INSERT_TASKS_WITH_IDS: &str = "INSERT INTO midjourneys (id, code, user_id, \
+    action, mj_id, prompt, prompt_en, description, state, submit_time, start_time, finish_time, \
+    image_url, video_url, video_urls, status, progress, fail_reason, channel_id, quota, buttons, \
+    properties, finished, version) ";
+
 pub(crate) const SELECT_CHANNELS: &str =
     "SELECT id, name, base_url, secret, enabled, created_at FROM mj_channels";
 
@@ -200,6 +207,49 @@ where
     });
 }
 
+/// Whether an imported task is left alone by the poller: its status is terminal, or its progress
+/// reads `100%`, the one marker new-api's own poller stops at (whatever the status says).
+pub(crate) fn imported_as_finished(task: &Task) -> bool {
+    task.is_finished() || task.progress.as_str().trim() == "100%"
+}
+
+/// Appends `VALUES (...), (...)` for whole `tasks`, ids and versions included, in
+/// [`INSERT_TASKS_WITH_IDS`] column order.
+pub(crate) fn push_task_rows<DB>(builder: &mut QueryBuilder<DB>, tasks: &[Task])
+where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    bool: for<'t> Encode<'t, DB> + Type<DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB>,
+{
+    builder.push_values(tasks, |mut row, task| {
+        row.push_bind(task.id)
+            .push_bind(task.code)
+            .push_bind(task.user_id)
+            .push_bind(task.action.as_str())
+            .push_bind(task.mj_id.as_str())
+            .push_bind(task.prompt.as_str())
+            .push_bind(task.prompt_en.as_str())
+            .push_bind(task.description.as_str())
+            .push_bind(task.state.as_str())
+            .push_bind(task.submit_time)
+            .push_bind(task.start_time)
+            .push_bind(task.finish_time)
+            .push_bind(task.image_url.as_str())
+            .push_bind(task.video_url.as_str())
+            .push_bind(task.video_urls.as_str())
+            .push_bind(task.status.as_str())
+            .push_bind(task.progress.as_str())
+            .push_bind(task.fail_reason.as_str())
+            .push_bind(task.channel_id)
+            .push_bind(task.quota)
+            .push_bind(task.buttons.as_str())
+            .push_bind(task.properties.as_str())
+            .push_bind(imported_as_finished(task))
+            .push_bind(task.version);
+    });
+}
+
 /// Appends the `SET` list and `WHERE` of a compare-and-swap update of `task`.
 pub(crate) fn push_update<DB>(builder: &mut QueryBuilder<DB>, task: &Task)
 where
@@ -269,20 +319,52 @@ pub(crate) enum FilterValues {
     MySqlLiterals,
 }
 
-/// Appends the `WHERE` clause of `query` (nothing when it has no filter).
+/// Appends the `WHERE` clause of `query` (nothing when it has no filter), and `id < before_id`
+/// when given (the keyset bound of a cursor page).
 ///
-/// Each filter maps onto an index prefix: `user_id` leads `(user_id, id)` and
-/// `(user_id, submit_time)`, `channel_id` leads `(channel_id, id)`, `submit_time` alone has
-/// `(submit_time)`, `mj_id` has `(mj_id)`; see the migrations.
+/// Each filter maps onto an index prefix (see the migrations): `user_id` leads `(user_id, id)`,
+/// `(user_id, submit_time)`, `(user_id, mj_id)` and `(user_id, status)`; `channel_id` leads
+/// `(channel_id, id)`, `(channel_id, submit_time)` and `(channel_id, status)`; `status`,
+/// `action`, `submit_time` and `mj_id` have their own. Equality prefixes of an index keep its
+/// entries in `id` order, so `ORDER BY id DESC` and the `id` bound read them without a sort.
 pub(crate) fn push_where<DB>(
     builder: &mut QueryBuilder<DB>,
     query: &TaskQuery,
+    before_id: Option<i64>,
     values: FilterValues,
 ) where
     DB: Database,
     i64: for<'t> Encode<'t, DB> + Type<DB>,
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
 {
+    push_conditions(builder, query, before_id, values, RangeUse::Seek);
+}
+
+/// How the time range of a `WHERE` clause may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeUse {
+    /// As an index range, like every other filter.
+    Seek,
+    /// Only as a filter on rows already found (`submit_time + 0`), so that the planner walks an
+    /// `id`-ordered index between id bounds instead.
+    Filter,
+}
+
+fn push_conditions<DB>(
+    builder: &mut QueryBuilder<DB>,
+    query: &TaskQuery,
+    before_id: Option<i64>,
+    values: FilterValues,
+    range: RangeUse,
+) where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB>,
+{
+    let (from_column, to_column) = match range {
+        RangeUse::Seek => ("submit_time >= ", "submit_time <= "),
+        RangeUse::Filter => ("submit_time + 0 >= ", "submit_time + 0 <= "),
+    };
     enum Value<'a> {
         Int(i64),
         Text(&'a str),
@@ -291,8 +373,8 @@ pub(crate) fn push_where<DB>(
         ("user_id = ", query.owner.map(Value::Int)),
         ("channel_id = ", query.channel_id.map(Value::Int)),
         ("mj_id = ", query.mj_id.as_deref().map(Value::Text)),
-        ("submit_time >= ", query.submitted_from.map(Value::Int)),
-        ("submit_time <= ", query.submitted_to.map(Value::Int)),
+        (from_column, query.submitted_from.map(Value::Int)),
+        (to_column, query.submitted_to.map(Value::Int)),
         (
             "status = ",
             query.status.as_ref().map(|s| Value::Text(s.as_str())),
@@ -301,6 +383,7 @@ pub(crate) fn push_where<DB>(
             "action = ",
             query.action.as_ref().map(|a| Value::Text(a.as_str())),
         ),
+        ("id < ", before_id.map(Value::Int)),
     ];
     let mut keyword = " WHERE ";
     for (column, value) in filters {
@@ -330,20 +413,25 @@ fn mysql_text_literal(value: &str) -> String {
 }
 
 /// Appends the rest of a page query after [`SELECT_TASKS`]: `WHERE`, order, limit and offset.
+/// It reads one row more than the page holds, so that the caller knows whether a next page
+/// exists (see [`Page::from_rows`](crate::Page::from_rows)).
 ///
-/// Page 1 without a time range reads rows straight down an index that is already in `id`
-/// order: `(user_id)`, `(channel_id)` or the primary key. Deeper pages and time ranges go
-/// through a deferred join that picks the page's ids from an index alone and then reads only
-/// those rows, because selecting whole rows lets planners go wrong on large tables:
-/// - an offset would otherwise skip whole rows instead of index entries;
-/// - with a time range, SQLite sorts every matching row with all its columns, and PostgreSQL
-///   and MariaDB walk the primary key backwards, filtering until the window starts (589,000
-///   rows for a week half a year back in 1M), because they assume the matches are spread
-///   evenly over `id` while `submit_time` grows with it. Ordering by `id + 0` keeps them off
-///   that walk and on the `(user_id, submit_time)` / `(submit_time)` range, whose entries the
-///   exact total reads anyway: the page then costs at most a sort of what the count has
-///   already counted, never a scan of the table, and usually a sort of one page (see the
-///   lower bound below).
+/// Without a time range, a page walks an index whose entries are in `id` order — `(user_id)`,
+/// `(status)`, `(channel_id, status)`, ... or the primary key — from the top, or from the
+/// cursor's `id` bound, and stops after one page; deeper pages by number go through a deferred
+/// join that skips the offset over index entries, not whole rows.
+///
+/// A time range adds a lower `id` bound: the newest entries of the range's index
+/// (`(user_id, submit_time)`, `(channel_id, submit_time)`, `(submit_time)`), read without a
+/// sort, are `wanted` ids of the range, and any `wanted` ids of a set bound its `wanted` largest
+/// from below. Only entries at or above that bound reach the sort: about a page when ids grow
+/// with submit times, as ours do, and never a wrong answer when they do not.
+/// - Page `p` reads the range from its index (as its exact total used to) and sorts the
+///   entries above the bound; `id + 0` keeps PostgreSQL and MariaDB off a walk of the primary
+///   key from the top down to the window (589,000 rows for a week half a year back in 1M).
+/// - After a cursor both ends are ids, so the page walks the filter's `id`-ordered index between
+///   them (about a page of entries) and checks the range on those rows only (`submit_time + 0`
+///   keeps planners from scanning the whole range instead).
 pub(crate) fn push_page<DB>(
     builder: &mut QueryBuilder<DB>,
     query: &TaskQuery,
@@ -353,38 +441,70 @@ pub(crate) fn push_page<DB>(
     i64: for<'t> Encode<'t, DB> + Type<DB>,
     for<'s> &'s str: Encode<'s, DB> + Type<DB>,
 {
-    let has_range = query.submitted_from.is_some() || query.submitted_to.is_some();
-    if page.offset() == 0 && !has_range {
-        push_where(builder, query, FilterValues::Bound);
-        builder
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(page.page_size()));
+    let cursor = page.cursor();
+    let before_id = cursor.map(|position| position.last_id);
+    let limit = i64::from(page.page_size()) + 1;
+    if page.offset() == 0 && !query.has_range() {
+        push_where(builder, query, before_id, FilterValues::Bound);
+        builder.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
         return;
     }
     // The derived table exposes only `page_id`, so the outer column list stays unqualified.
     builder.push(" JOIN (SELECT id AS page_id FROM midjourneys");
-    push_where(builder, query, FilterValues::Bound);
-    if has_range {
-        // Any `offset + page_size` ids of the range bound its `offset + page_size` largest
-        // ids from below, and the newest entries of the range index are such ids, read
-        // without a sort. Only entries at or above that bound reach the sort: about a page's
-        // worth when ids grow with submit times, as ours do, and never a wrong answer when
-        // they do not. `id + 0` keeps the bound from becoming a walk of an `id` index.
-        let wanted = u64::from(page.page_size()).saturating_add(page.offset());
-        builder.push(" AND id + 0 >= (SELECT MIN(id) FROM (SELECT id FROM midjourneys");
-        push_where(builder, query, FilterValues::Bound);
+    let range_use = if cursor.is_some() {
+        RangeUse::Filter
+    } else {
+        RangeUse::Seek
+    };
+    push_conditions(builder, query, before_id, FilterValues::Bound, range_use);
+    if query.has_range() {
+        let wanted = to_i64(
+            u64::try_from(limit)
+                .unwrap_or(0)
+                .saturating_add(page.offset()),
+        );
+        // The range's own conditions have opened the `WHERE`.
+        builder.push(match range_use {
+            RangeUse::Seek => " AND id + 0 >= (SELECT ",
+            RangeUse::Filter => " AND id >= (SELECT ",
+        });
+        match cursor {
+            None => {
+                // Fewer than `wanted` entries are the whole range: their minimum still bounds.
+                builder.push("MIN(id) FROM (SELECT id FROM midjourneys");
+                push_where(builder, query, None, FilterValues::Bound);
+            }
+            Some(position) => {
+                // After a cursor the index walk starts at the cursor's submit time instead of
+                // the range's end (one upper bound: planners seek on only one), so deep pages
+                // cost what the first does. Fewer than `wanted` entries there prove nothing
+                // about the rest: then there is no bound.
+                let upper = query.submitted_to.map_or(position.last_submit_time, |to| {
+                    to.min(position.last_submit_time)
+                });
+                let from_cursor = query
+                    .clone()
+                    .submitted_between(query.submitted_from, Some(upper));
+                builder
+                    .push("CASE WHEN COUNT(*) < ")
+                    .push_bind(wanted)
+                    .push(" THEN ")
+                    .push_bind(i64::MIN)
+                    .push(" ELSE MIN(id) END FROM (SELECT id FROM midjourneys");
+                push_where(builder, &from_cursor, before_id, FilterValues::Bound);
+            }
+        }
         builder
             .push(" ORDER BY submit_time DESC LIMIT ")
-            .push_bind(to_i64(wanted))
+            .push_bind(wanted)
             .push(") newest)");
     }
     builder
-        .push(if has_range {
-            " ORDER BY id + 0 DESC LIMIT "
-        } else {
-            " ORDER BY id DESC LIMIT "
+        .push(match range_use {
+            RangeUse::Seek if query.has_range() => " ORDER BY id + 0 DESC LIMIT ",
+            _ => " ORDER BY id DESC LIMIT ",
         })
-        .push_bind(i64::from(page.page_size()))
+        .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(to_i64(page.offset()))
         .push(") page_ids ON id = page_ids.page_id ORDER BY id DESC");
@@ -433,6 +553,25 @@ macro_rules! impl_sql_stores {
                 Ok(inserted)
             }
 
+            async fn insert_with_ids(
+                &self,
+                tasks: &[$crate::Task],
+            ) -> Result<u64, $crate::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let mut inserted = 0;
+                for chunk in tasks.chunks($crate::store::sql::INSERT_CHUNK) {
+                    let mut builder =
+                        sqlx::QueryBuilder::<$db>::new($crate::store::sql::INSERT_TASKS_WITH_IDS);
+                    $crate::store::sql::push_task_rows(&mut builder, chunk);
+                    inserted += builder.build().execute(&mut *tx).await?.rows_affected();
+                }
+                if let Some(statement) = <$store>::sync_id_sequence("midjourneys") {
+                    sqlx::raw_sql(statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
             async fn get(&self, id: i64) -> Result<Option<$crate::Task>, $crate::StoreError> {
                 let mut builder = sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS);
                 builder.push(" WHERE id = ").push_bind(id);
@@ -446,19 +585,20 @@ macro_rules! impl_sql_stores {
                 mj_id: &str,
                 owner: Option<i64>,
             ) -> Result<Option<$crate::Task>, $crate::StoreError> {
-                // An id no backend stores finds nothing (PostgreSQL would refuse a NUL).
-                if !$crate::text::can_match_short(mj_id) {
-                    return Ok(None);
-                }
                 let query = $crate::TaskQuery {
                     owner,
                     mj_id: Some(mj_id.to_owned()),
                     ..$crate::TaskQuery::default()
                 };
+                if query.matches_nothing() {
+                    return Ok(None);
+                }
+                // `(user_id, mj_id)` or `(mj_id)`: one index probe, entries in id order.
                 let mut builder = sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS);
                 $crate::store::sql::push_where(
                     &mut builder,
                     &query,
+                    None,
                     $crate::store::sql::FilterValues::Bound,
                 );
                 builder.push(" ORDER BY id DESC LIMIT 1");
@@ -481,7 +621,7 @@ macro_rules! impl_sql_stores {
                     // and comes with every row (so from the same snapshot as the page).
                     let mut builder =
                         sqlx::QueryBuilder::<$db>::new($crate::store::sql::SELECT_TASKS_WITH_TOTAL);
-                    push_where(&mut builder, query, FilterValues::Bound);
+                    push_where(&mut builder, query, None, FilterValues::Bound);
                     builder.push(") AS total FROM midjourneys");
                     push_page(&mut builder, query, page);
                     let rows: Vec<$crate::store::sql::PageRow> =
@@ -489,7 +629,7 @@ macro_rules! impl_sql_stores {
                     let total = match rows.first() {
                         Some(row) => u64::try_from(row.total).unwrap_or(0),
                         // An empty first page means nothing matches; past the end, count.
-                        None if page.offset() == 0 => 0,
+                        None if page.offset() == 0 && page.cursor().is_none() => 0,
                         None => self.count(query).await?,
                     };
                     (total, rows.into_iter().map(|row| row.task).collect())
@@ -506,15 +646,11 @@ macro_rules! impl_sql_stores {
                     // connections they overlap instead of adding up.
                     futures_util::future::try_join(self.count(query), rows).await?
                 };
-                if page.offset() >= total {
+                if page.cursor().is_none() && page.offset() >= total {
                     return Ok($crate::Page::empty(page, total));
                 }
-                Ok($crate::Page {
-                    items: rows.into_iter().map(Into::into).collect(),
-                    total,
-                    page: page.page(),
-                    page_size: page.page_size(),
-                })
+                let rows = rows.into_iter().map($crate::Task::from).collect();
+                Ok($crate::Page::from_rows(query, page, total, rows))
             }
 
             async fn count(&self, query: &$crate::TaskQuery) -> Result<u64, $crate::StoreError> {
@@ -528,6 +664,7 @@ macro_rules! impl_sql_stores {
                     $crate::store::sql::push_where(
                         &mut builder,
                         query,
+                        None,
                         $crate::store::sql::FilterValues::MySqlLiterals,
                     );
                     sqlx::raw_sql(builder.into_sql())
@@ -538,6 +675,7 @@ macro_rules! impl_sql_stores {
                     $crate::store::sql::push_where(
                         &mut builder,
                         query,
+                        None,
                         $crate::store::sql::FilterValues::Bound,
                     );
                     builder.build_query_scalar().fetch_one(&self.pool).await?
@@ -577,6 +715,13 @@ macro_rules! impl_sql_stores {
 
             async fn ping(&self) -> Result<(), $crate::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn refresh_statistics(&self) -> Result<(), $crate::StoreError> {
+                for &statement in <$store>::REFRESH_STATISTICS {
+                    sqlx::raw_sql(statement).fetch_all(&self.pool).await?;
+                }
                 Ok(())
             }
         }
@@ -675,7 +820,7 @@ mod tests {
                 .submitted_between(Some(10), Some(20))
         };
         let mut inlined = QueryBuilder::<sqlx::MySql>::new("SELECT COUNT(*) FROM midjourneys");
-        push_where(&mut inlined, &query, FilterValues::MySqlLiterals);
+        push_where(&mut inlined, &query, None, FilterValues::MySqlLiterals);
         assert_eq!(
             inlined.sql().as_str(),
             "SELECT COUNT(*) FROM midjourneys WHERE user_id = -7 AND channel_id = 3 \
@@ -684,7 +829,7 @@ mod tests {
              AND action = _utf8mb4 X'494d4147494e45'"
         );
         let mut bound = QueryBuilder::<sqlx::MySql>::new("SELECT COUNT(*) FROM midjourneys");
-        push_where(&mut bound, &query, FilterValues::Bound);
+        push_where(&mut bound, &query, None, FilterValues::Bound);
         assert_eq!(bound.sql().as_str().matches('?').count(), 7);
         assert!(!bound.sql().as_str().contains("X'"));
     }
