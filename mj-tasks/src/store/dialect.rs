@@ -83,6 +83,10 @@ pub(crate) trait Dialect: RunStatements {
     const ADD_TO_EXISTING_COUNT: &'static str;
     /// The SQL type a sum is cast to so that it decodes as `i64`.
     const INTEGER_TYPE: &'static str;
+    /// How a transaction that writes begins. Writes read the row they replace first (its
+    /// counters change with it), so SQLite must take the write lock up front: a read lock
+    /// cannot wait its way up to a write lock while another connection writes.
+    const BEGIN_WRITE: &'static str;
 
     /// Runs an `INSERT` of one row and yields the new id.
     fn insert_returning_id(

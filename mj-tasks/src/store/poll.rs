@@ -83,20 +83,23 @@ mod statements {
     use crate::billing::{QuotaLedger, Refund};
     use crate::model::{Task, TaskStatus};
     use crate::store::StoreError;
+    use crate::store::counts::Deltas;
     use crate::store::dialect::Dialect;
     use crate::store::poll::WriteOutcome;
-    use crate::store::tasks::update_counted;
+    use crate::store::tasks::{apply, begin_write, update_counted};
 
     pub(super) async fn write_outcomes<D: Dialect>(
         pool: &Pool<D>,
         ledger: &dyn QuotaLedger,
         tasks: &[Task],
     ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_write(pool).await?;
         let mut outcomes = Vec::with_capacity(tasks.len());
+        let mut deltas = Deltas::default();
         for task in tasks {
-            outcomes.push(write_one::<D>(&mut tx, ledger, task).await?);
+            outcomes.push(write_one::<D>(&mut tx, ledger, task, &mut deltas).await?);
         }
+        apply::<D>(&mut tx, &deltas).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -105,9 +108,10 @@ mod statements {
         conn: &mut D::Connection,
         ledger: &dyn QuotaLedger,
         task: &Task,
+        deltas: &mut Deltas,
     ) -> Result<WriteOutcome, StoreError> {
         // The same compare-and-swap as `update_if_version`, totals included.
-        if !update_counted::<D>(conn, task).await? {
+        if !update_counted::<D>(conn, task, deltas).await? {
             return Ok(WriteOutcome::Lost);
         }
         if task.status != TaskStatus::Failure || task.quota <= 0 {

@@ -40,6 +40,8 @@ impl Dialect for Postgres {
 
     const INTEGER_TYPE: &'static str = "BIGINT";
 
+    const BEGIN_WRITE: &'static str = "BEGIN";
+
     fn insert_returning_id(
         conn: &mut PgConnection,
         mut statement: QueryBuilder<Self>,

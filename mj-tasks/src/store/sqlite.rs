@@ -42,6 +42,8 @@ impl Dialect for Sqlite {
 
     const INTEGER_TYPE: &'static str = "INTEGER";
 
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
     fn insert_returning_id(
         conn: &mut SqliteConnection,
         mut statement: QueryBuilder<Self>,

@@ -124,6 +124,13 @@ async fn page_and_total<D: Dialect>(
     Ok((rows.into_iter().map(Task::from).collect(), total))
 }
 
+/// A transaction for writes ([`Dialect::BEGIN_WRITE`]).
+pub(crate) async fn begin_write<D: Dialect>(
+    pool: &Pool<D>,
+) -> Result<sqlx::Transaction<'static, D>, StoreError> {
+    Ok(pool.begin_with(D::BEGIN_WRITE).await?)
+}
+
 /// Inserts `tasks` and their counts on `conn` (inside the caller's transaction).
 async fn insert_counted<D: Dialect>(
     conn: &mut D::Connection,
@@ -139,19 +146,25 @@ async fn insert_counted<D: Dialect>(
     Ok(inserted)
 }
 
-/// Applies counter changes on `conn`.
-async fn apply<D: Dialect>(conn: &mut D::Connection, deltas: &Deltas) -> Result<(), StoreError> {
+/// Applies counter changes on `conn`: once per transaction, at its end, so that concurrent
+/// writers take the counter rows' locks in one (key) order and cannot deadlock on them.
+pub(crate) async fn apply<D: Dialect>(
+    conn: &mut D::Connection,
+    deltas: &Deltas,
+) -> Result<(), StoreError> {
     for statement in deltas.statements::<D>() {
         D::execute(conn, statement).await?;
     }
     Ok(())
 }
 
-/// The compare-and-swap update of `task` on `conn` (inside the caller's transaction), with the
-/// counter changes it makes: `false` when another writer got there first.
+/// The compare-and-swap update of `task` on `conn` (inside the caller's transaction), adding the
+/// counter changes it makes to `deltas` (for [`apply`]): `false` when another writer got there
+/// first.
 pub(crate) async fn update_counted<D: Dialect>(
     conn: &mut D::Connection,
     task: &Task,
+    deltas: &mut Deltas,
 ) -> Result<bool, StoreError> {
     // The stored row at `task.version` is what the update replaces: every write bumps the
     // version, so if the update below finds this version, the row still holds these values.
@@ -171,16 +184,14 @@ pub(crate) async fn update_counted<D: Dialect>(
     let mut now = task.fields.clone();
     now.user_id = stored.user_id;
     now.submit_time = stored.submit_time;
-    let mut deltas = Deltas::default();
     deltas.replace(&stored.fields, &now);
-    apply::<D>(conn, &deltas).await?;
     Ok(true)
 }
 
 #[async_trait]
 impl<D: Dialect> TaskStore for SqlTaskStore<D> {
     async fn insert(&self, task: &NewTask) -> Result<Task, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin_write(&self.pool).await?;
         let id =
             D::insert_returning_id(&mut tx, insert_tasks::<D>(std::slice::from_ref(task))).await?;
         let mut deltas = Deltas::default();
@@ -195,7 +206,7 @@ impl<D: Dialect> TaskStore for SqlTaskStore<D> {
     }
 
     async fn insert_many(&self, tasks: &[NewTask]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin_write(&self.pool).await?;
         let inserted = insert_counted::<D>(&mut tx, tasks).await?;
         tx.commit().await?;
         Ok(inserted)
@@ -260,8 +271,10 @@ impl<D: Dialect> TaskStore for SqlTaskStore<D> {
     }
 
     async fn update_if_version(&self, task: &Task) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let written = update_counted::<D>(&mut tx, task).await?;
+        let mut tx = begin_write(&self.pool).await?;
+        let mut deltas = Deltas::default();
+        let written = update_counted::<D>(&mut tx, task, &mut deltas).await?;
+        apply::<D>(&mut tx, &deltas).await?;
         tx.commit().await?;
         Ok(written)
     }
