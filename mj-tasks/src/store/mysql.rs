@@ -38,6 +38,8 @@ impl Dialect for MySql {
 
     const INTEGER_TYPE: &'static str = "SIGNED";
 
+    const RANGE_ONLY_PREFIX: &'static str = "";
+
     const BEGIN_WRITE: &'static str = "BEGIN";
 
     // MySQL has no INSERT ... RETURNING (MariaDB's is 10.5+ only); the insert id comes back in

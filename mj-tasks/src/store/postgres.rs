@@ -40,6 +40,8 @@ impl Dialect for Postgres {
 
     const INTEGER_TYPE: &'static str = "BIGINT";
 
+    const RANGE_ONLY_PREFIX: &'static str = "";
+
     const BEGIN_WRITE: &'static str = "BEGIN";
 
     fn insert_returning_id(

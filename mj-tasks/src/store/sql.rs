@@ -310,6 +310,16 @@ fn push_conditions<D: Dialect>(
         RangeUse::Seek => ("submit_time >= ", "submit_time <= "),
         RangeUse::Filter => ("submit_time + 0 >= ", "submit_time + 0 <= "),
     };
+    // A seek on the range must not lose to a seek on a crowded status or action.
+    let text_prefix = if range == RangeUse::Seek && query.has_range() {
+        D::RANGE_ONLY_PREFIX
+    } else {
+        ""
+    };
+    let (status_column, action_column) = (
+        format!("{text_prefix}status = "),
+        format!("{text_prefix}action = "),
+    );
     let filters = [
         ("user_id = ", query.owner.map(Value::Int)),
         ("channel_id = ", query.channel_id.map(Value::Int)),
@@ -317,11 +327,11 @@ fn push_conditions<D: Dialect>(
         (from_column, query.submitted_from.map(Value::Int)),
         (to_column, query.submitted_to.map(Value::Int)),
         (
-            "status = ",
+            status_column.as_str(),
             query.status.as_ref().map(|s| Value::Text(s.as_str())),
         ),
         (
-            "action = ",
+            action_column.as_str(),
             query.action.as_ref().map(|a| Value::Text(a.as_str())),
         ),
         ("id < ", before_id.map(Value::Int)),

@@ -42,6 +42,8 @@ impl Dialect for Sqlite {
 
     const INTEGER_TYPE: &'static str = "INTEGER";
 
+    const RANGE_ONLY_PREFIX: &'static str = "+";
+
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     fn insert_returning_id(
