@@ -3,12 +3,13 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use mj_tasks::bulk::BulkLoader;
 use mj_tasks::synthetic::SyntheticSpec;
 use mj_tasks::text::{TextError, can_match_short, check_long, check_short};
-use mj_tasks::{NewChannel, SqlStore, StoreError};
+use mj_tasks::{NewChannel, NewTask, SqlStore, StoreError};
 use tokio::net::TcpListener;
 
-use crate::config::{ChannelCommand, Cli, Command, UserCommand};
+use crate::config::{ChannelCommand, Cli, Command, SeedArgs, UserCommand};
 use crate::users::{AccessToken, Role, User, UserStore};
 use crate::{App, OpenError, Settings};
 
@@ -65,11 +66,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve => serve(settings).await,
         Command::User { command } => user(Accounts::open(&settings).await?, command).await,
         Command::Channel { command } => channel(Accounts::open(&settings).await?, command).await,
-        Command::Seed {
-            user,
-            tasks,
-            channels,
-        } => seed(Accounts::open(&settings).await?, &user, tasks, channels).await,
+        Command::Seed(args) => {
+            seed(
+                Accounts::open(&settings).await?,
+                &settings.database_url,
+                args,
+            )
+            .await
+        }
     }
 }
 
@@ -312,50 +316,98 @@ async fn channel(accounts: Accounts, command: ChannelCommand) -> Result<(), CliE
     Ok(())
 }
 
-/// Rows per transaction while seeding.
-const SEED_BATCH: u64 = 10_000;
+/// Tasks per transaction while seeding: big enough to amortise each commit, small enough that
+/// generating the next chunk overlaps inserting this one without holding much memory.
+const SEED_CHUNK: u64 = 50_000;
 
-async fn seed(accounts: Accounts, name: &str, total: u64, channels: u32) -> Result<(), CliError> {
-    let name = validate_name(name)?;
-    let user = match accounts.users.user_by_name(name).await? {
-        Some(user) => user,
-        None => {
-            let (user, token) = create_user(&accounts, name, Role::User, 0).await?;
-            println!("created user {name:?} (id {}); access token:", user.id);
-            println!("{}", token.reveal());
-            user
-        }
-    };
-    let mut spec = SyntheticSpec::single_user(user.id, total, channels.max(1));
+async fn seed(accounts: Accounts, url: &str, args: SeedArgs) -> Result<(), CliError> {
+    let name = validate_name(&args.user)?.to_owned();
+    let heavy = seed_user(&accounts, &name, true).await?;
+    let mut light_users = Vec::with_capacity(args.light_users as usize);
+    for index in 1..=args.light_users {
+        let light_name = format!("{name}-{index}");
+        validate_name(&light_name)?;
+        light_users.push(seed_user(&accounts, &light_name, false).await?.id);
+    }
+    if args.light_users > 0 {
+        println!(
+            "light users \"{name}-1\" ... \"{name}-{}\" ready (`user token <name>` prints an access token)",
+            args.light_users
+        );
+    }
+    let mut spec = SyntheticSpec::single_user(heavy.id, args.tasks, args.channels.max(1));
+    if !light_users.is_empty() {
+        spec.heavy_share_percent = args.heavy_share;
+        spec.light_users = light_users;
+    }
     // Seeded tasks are finished: a poller must not go asking upstreams about demo data.
     spec.unfinished_per_mille = 0;
     spec.seed ^= mj_tasks::now_millis() as u64;
-    let bar = indicatif::ProgressBar::new(total);
+
+    // The loader's own connection, tuned for bulk appends, does the writing.
+    accounts.store.close().await;
+    let loader = BulkLoader::connect(url).await?;
+    let bar = indicatif::ProgressBar::new(args.tasks);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} tasks ({per_sec}, eta {eta})",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let tasks = accounts.store.tasks();
     let started = std::time::Instant::now();
+    // Generating a chunk costs about as much CPU as inserting it: a blocking thread prepares
+    // the next chunk while this one is written.
+    let (chunks, mut ready) = tokio::sync::mpsc::channel::<Vec<NewTask>>(1);
+    let generator = tokio::task::spawn_blocking(move || {
+        let mut from = 0;
+        while from < spec.total {
+            let to = (from + SEED_CHUNK).min(spec.total);
+            if chunks
+                .blocking_send((from..to).map(|i| spec.task(i)).collect())
+                .is_err()
+            {
+                return;
+            }
+            from = to;
+        }
+    });
     let mut done = 0;
-    while done < total {
-        let batch: Vec<_> = (done..(done + SEED_BATCH).min(total))
-            .map(|i| spec.task(i))
-            .collect();
-        tasks.insert_many(&batch).await?;
-        done += batch.len() as u64;
+    while let Some(chunk) = ready.recv().await {
+        done += loader.load(&chunk).await?;
         bar.set_position(done);
     }
+    if generator.await.is_err() {
+        return Err(CliError::Invalid("the task generator stopped".to_owned()));
+    }
+    let inserted_in = started.elapsed();
+    bar.set_message("refreshing planner statistics");
+    loader.finish().await?;
     bar.finish_and_clear();
-    // A bulk load changes the data faster than the store's own upkeep of planner statistics.
-    tasks.refresh_statistics().await?;
+    let owners = match args.light_users {
+        0 => format!("{name:?} (id {})", heavy.id),
+        light => format!(
+            "{name:?} (id {}, {} %) and {light} light users",
+            heavy.id, args.heavy_share
+        ),
+    };
     println!(
-        "seeded {total} tasks for {name:?} (id {}) in {:.1} s",
-        user.id,
-        started.elapsed().as_secs_f64()
+        "seeded {done} tasks for {owners} in {:.1} s ({:.1} s inserting)",
+        started.elapsed().as_secs_f64(),
+        inserted_in.as_secs_f64()
     );
-    accounts.store.close().await;
     Ok(())
+}
+
+/// The user named `name`, created when missing; the heavy user's new token is printed, as
+/// `user add` does.
+async fn seed_user(accounts: &Accounts, name: &str, show_token: bool) -> Result<User, CliError> {
+    if let Some(user) = accounts.users.user_by_name(name).await? {
+        return Ok(user);
+    }
+    let (user, token) = create_user(accounts, name, Role::User, 0).await?;
+    if show_token {
+        println!("created user {name:?} (id {}); access token:", user.id);
+        println!("{}", token.reveal());
+    }
+    Ok(user)
 }

@@ -119,6 +119,24 @@ pub struct Settings {
         global = true
     )]
     pub upstream_timeout_secs: u64,
+    /// Seconds a connection may take to send a request's headers, and may stay idle between
+    /// requests, before it is closed (slow or half-open clients cannot pile up).
+    #[arg(
+        long,
+        env = "MJ_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub header_read_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT; then the remaining
+    /// connections are closed and the process exits.
+    #[arg(
+        long,
+        env = "MJ_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub shutdown_timeout_secs: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or mj_tasks_server=debug.
     #[arg(long, env = "MJ_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -144,6 +162,8 @@ impl Settings {
             image_cache_max_bytes: 1_073_741_824,
             prices: mj_tasks::PriceTable::default(),
             upstream_timeout_secs: 60,
+            header_read_timeout_secs: 10,
+            shutdown_timeout_secs: 10,
             log: "info".to_owned(),
         }
     }
@@ -187,6 +207,8 @@ impl fmt::Debug for Settings {
             .field("image_cache_max_bytes", &self.image_cache_max_bytes)
             .field("prices", &self.prices)
             .field("upstream_timeout_secs", &self.upstream_timeout_secs)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .field("log", &self.log)
             .finish()
     }
@@ -214,17 +236,29 @@ pub enum Command {
         command: ChannelCommand,
     },
     /// Fill the store with realistic tasks for demos and benchmarks.
-    Seed {
-        /// Owner of the tasks (created if missing).
-        #[arg(long)]
-        user: String,
-        /// How many tasks.
-        #[arg(long)]
-        tasks: u64,
-        /// Spread the tasks over channel ids 1..=K.
-        #[arg(long, default_value_t = 8)]
-        channels: u32,
-    },
+    Seed(SeedArgs),
+}
+
+/// `seed` arguments.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Owner of the tasks (created if missing); with `--light-users`, the heavy user.
+    #[arg(long)]
+    pub user: String,
+    /// How many tasks.
+    #[arg(long)]
+    pub tasks: u64,
+    /// Spread the tasks over channel ids 1..=K.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub channels: u32,
+    /// Share the tasks with U more users, `<user>-1` ... `<user>-U` (created if missing),
+    /// interleaved in time; 0 gives every task to `--user`.
+    #[arg(long, default_value_t = 0)]
+    pub light_users: u32,
+    /// With `--light-users`: the percentage of the tasks that `--user` owns (0 to 100); the
+    /// light users share the rest evenly.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub heavy_share: u8,
 }
 
 /// `user ...` subcommands.

@@ -114,6 +114,8 @@ pub trait UserStore: Send + Sync {
     async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError>;
     /// The user with this name.
     async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError>;
+    /// The user with this id.
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError>;
     /// Every user, by id.
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
     /// Enables or disables a user; `false` if there is none.
@@ -220,6 +222,14 @@ macro_rules! impl_user_store {
             async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
                 let mut builder = sqlx::QueryBuilder::<$db>::new(SELECT_USERS);
                 builder.push(" WHERE username = ").push_bind(username);
+                let row: Option<UserRow> =
+                    builder.build_query_as().fetch_optional(&self.pool).await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
+                let mut builder = sqlx::QueryBuilder::<$db>::new(SELECT_USERS);
+                builder.push(" WHERE id = ").push_bind(id);
                 let row: Option<UserRow> =
                     builder.build_query_as().fetch_optional(&self.pool).await?;
                 Ok(row.map(Into::into))

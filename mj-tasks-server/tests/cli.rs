@@ -4,6 +4,9 @@
 
 use std::process::{Command, Output};
 
+use mj_tasks::{PageRequest, SqlStore, TaskQuery};
+use test_support::{Kind, TestDb};
+
 fn run(db: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mj-tasks-server"))
         .args(args)
@@ -202,4 +205,136 @@ fn unstorable_names_are_clear_errors() {
     let added = run(&db, &["user", "add", &long]);
     assert!(!added.status.success());
     assert!(String::from_utf8_lossy(&added.stderr).contains("1 to 64 characters"));
+}
+
+/// `seed --light-users U --heavy-share P` on every configured backend: the heavy user gets
+/// about P % of the tasks, `NAME-1` ... `NAME-U` (created when missing, reused when present)
+/// share the rest, every owner's tasks span the whole period (interleaved, not one block per
+/// user), and the task table leaves with planner statistics.
+#[tokio::test]
+async fn seed_spreads_tasks_over_light_users() {
+    for kind in [Kind::Sqlite, Kind::Postgres, Kind::MySql] {
+        let Some(db) = TestDb::open(kind).await else {
+            continue;
+        };
+        check_light_user_seed(kind, db.url()).await;
+    }
+}
+
+async fn check_light_user_seed(kind: Kind, db: &str) {
+    const TASKS: u64 = 3_000;
+    last_line(&run(db, &["user", "add", "dora-2"]));
+    let args = [
+        "seed",
+        "--user",
+        "dora",
+        "--tasks",
+        "3000",
+        "--channels",
+        "2",
+        "--light-users",
+        "3",
+        "--heavy-share",
+        "40",
+    ];
+    let seeded = last_line(&run(db, &args));
+    assert!(
+        seeded.starts_with("seeded 3000 tasks"),
+        "{kind:?}: {seeded}"
+    );
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&last_line(&run(db, &["user", "list", "--json"]))).unwrap();
+    let id_of = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|user| user["name"] == name)
+            .unwrap_or_else(|| panic!("{kind:?}: no user {name}: {listed}"))["id"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{kind:?}: {listed}");
+
+    let store = mj_tasks::connect(db).await.unwrap();
+    let tasks = store.tasks();
+    let mut counted = 0;
+    for (name, expected) in [
+        ("dora", 1_200),
+        ("dora-1", 600),
+        ("dora-2", 600),
+        ("dora-3", 600),
+    ] {
+        let query = TaskQuery::owned_by(id_of(name));
+        let count = tasks.count(&query).await.unwrap();
+        assert!(
+            count.abs_diff(expected) < expected / 5,
+            "{kind:?}: {name} owns {count}, expected about {expected}"
+        );
+        counted += count;
+        // Interleaved: each owner's newest and oldest tasks lie near both ends of the period.
+        let newest = tasks
+            .list(&query, PageRequest::new(1, 1).unwrap())
+            .await
+            .unwrap();
+        let last_page = i64::try_from(count).unwrap();
+        let oldest = tasks
+            .list(&query, PageRequest::new(last_page, 1).unwrap())
+            .await
+            .unwrap();
+        let span = newest.items[0].submit_time - oldest.items[0].submit_time;
+        assert!(
+            span > 80 * 86_400_000,
+            "{kind:?}: {name}'s tasks span {span} ms"
+        );
+    }
+    assert_eq!(counted, TASKS, "{kind:?}: every task has one of the owners");
+    let channels = tasks
+        .count(&TaskQuery::all().with_channel(3))
+        .await
+        .unwrap();
+    assert_eq!(channels, 0, "{kind:?}: channels 1..=2 only");
+    assert!(
+        has_statistics(kind, &store).await,
+        "{kind:?}: no statistics"
+    );
+    store.close().await;
+
+    // A share out of range is refused before anything is written.
+    let refused = run(
+        db,
+        &[
+            "seed",
+            "--user",
+            "dora",
+            "--tasks",
+            "5",
+            "--heavy-share",
+            "101",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--heavy-share"));
+}
+
+/// Whether the planner has statistics of `midjourneys`.
+async fn has_statistics(kind: Kind, store: &SqlStore) -> bool {
+    let sql = match kind {
+        Kind::Sqlite => "SELECT COUNT(*) FROM sqlite_stat1 WHERE tbl = 'midjourneys'",
+        Kind::Postgres => {
+            "SELECT COUNT(*) FROM pg_stats WHERE tablename = 'midjourneys' AND attname = 'user_id'"
+        }
+        Kind::MySql => {
+            "SELECT COUNT(*) FROM mysql.innodb_table_stats WHERE table_name = 'midjourneys' \
+             AND database_name = DATABASE()"
+        }
+    };
+    let count: i64 = match store {
+        SqlStore::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap(),
+        SqlStore::Postgres(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap(),
+        SqlStore::MySql(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap(),
+        _ => unreachable!("a backend this test does not know"),
+    };
+    count > 0
 }

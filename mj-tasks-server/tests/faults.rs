@@ -135,3 +135,354 @@ async fn unstorable_lookups_match_nothing_postgres() {
 async fn unstorable_lookups_match_nothing_mysql() {
     unstorable_lookups_match_nothing(Kind::MySql).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real server on a real listener, spoken to over raw sockets.
+
+/// `app` served on a fresh port until the returned sender fires (or is dropped).
+async fn listen(
+    app: App,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(mj_tasks_server::serve(app, listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, server)
+}
+
+/// Sends `request` as is and reads the answer until the server closes: status and JSON body.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers and closes")
+    .ok();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A chunked request body from `parts`.
+fn chunked(parts: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for part in parts {
+        body.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        body.extend_from_slice(part);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    body
+}
+
+fn is_submit_result(body: &Value) -> bool {
+    body.get("code").is_some_and(Value::is_i64)
+        && body.get("description").is_some_and(Value::is_string)
+        && body.get("result").is_some()
+        && body.get("success").is_none()
+}
+
+/// `Transfer-Encoding: chunked` and empty bodies were 500s (warp's `LengthRequired` fell
+/// through). Chunked bodies are read with the same cap, an empty body is a 400, and every
+/// refusal on a relay route is a `SubmitResult`; the dashboard keeps its envelope.
+#[tokio::test]
+async fn relay_rejections_keep_the_relay_shape() {
+    let env = Env::new(Kind::Sqlite).await.unwrap();
+    let (addr, _stop, _server) = listen(env.app.clone()).await;
+    let auth = format!("Authorization: Bearer {}\r\n", env.user.1);
+    let head = |method: &str, path: &str, extra: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}{extra}\r\n")
+            .into_bytes()
+    };
+
+    // A chunked list-by-condition body is read whole: the task comes back.
+    let mut request = head(
+        "POST",
+        "/mj/task/list-by-condition",
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+    );
+    request.extend(chunked(&[b"{\"ids\":", b"[\"mj-1\"]}"]));
+    let (status, body) = raw_exchange(addr, &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["id"], "mj-1", "{body}");
+
+    // Chunked past the 1 MiB cap of list-by-condition: 413, without reading on forever.
+    let mut request = head(
+        "POST",
+        "/mj/task/list-by-condition",
+        "Transfer-Encoding: chunked\r\n",
+    );
+    let block = vec![b' '; 256 * 1024];
+    request.extend(chunked(&[&block, &block, &block, &block, &block]));
+    let (status, body) = raw_exchange(addr, &request).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(is_submit_result(&body), "{body}");
+
+    // Declared too large: 413 before the body is sent.
+    let request = head(
+        "POST",
+        "/mj/submit/imagine",
+        "Content-Length: 999999999999\r\n",
+    );
+    let (status, body) = raw_exchange(addr, &request).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(is_submit_result(&body), "{body}");
+
+    // Empty bodies, with and without a length: 400, code 4.
+    for extra in [
+        "",
+        "Content-Length: 0\r\n",
+        "Transfer-Encoding: chunked\r\n",
+    ] {
+        let mut request = head("POST", "/mj/submit/imagine", extra);
+        if extra.contains("chunked") {
+            request.extend(chunked(&[]));
+        }
+        let (status, body) = raw_exchange(addr, &request).await;
+        assert_eq!(status, 400, "{extra:?}: {body}");
+        assert!(is_submit_result(&body), "{body}");
+        assert_eq!(body["code"], 4, "{body}");
+    }
+
+    // Unknown relay routes, wrong methods, an over-long URI.
+    let long = format!("/mj/task/{}/fetch", "9".repeat(9000));
+    for (method, path, expected) in [
+        ("GET", "/mj/nothing", 404),
+        ("POST", "/mj/submit/unknown-kind", 404),
+        ("GET", "/mj/task/list-by-condition/extra", 404),
+        ("GET", "/mj/submit/imagine", 405),
+        ("DELETE", "/mj/task/mj-1/fetch", 405),
+        ("GET", long.as_str(), 414),
+    ] {
+        let extra = if method == "POST" {
+            "Content-Length: 2\r\n"
+        } else {
+            ""
+        };
+        let mut request = head(method, path, extra);
+        if method == "POST" {
+            request.extend(b"{}");
+        }
+        let (status, body) = raw_exchange(addr, &request).await;
+        assert_eq!(
+            status,
+            expected,
+            "{method} {}: {body}",
+            &path[..path.len().min(40)]
+        );
+        assert!(is_submit_result(&body), "{method}: {body}");
+        assert_eq!(body["code"], if expected == 404 { 3 } else { 4 });
+    }
+
+    // The dashboard family answers in its envelope, the image proxy too.
+    let long = format!("/api/mj/self?mj_id={}", "9".repeat(9000));
+    for (method, path, expected) in [
+        ("GET", "/api/nothing", 404),
+        ("POST", "/api/mj/self", 405),
+        ("GET", long.as_str(), 414),
+        ("GET", "/mj/image/mj-1", 403),
+    ] {
+        let (status, body) = raw_exchange(addr, &head(method, path, "")).await;
+        assert_eq!(status, expected, "{method}: {body}");
+        assert_eq!(body["success"], false, "{body}");
+    }
+}
+
+/// Half-open connections were held forever (3,000 with partial headers). Partial headers,
+/// silent connections and idle kept-alive ones are all closed after the header read timeout,
+/// and the server keeps answering.
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::sqlite();
+    let mut settings = Settings::with_database_url(db.url());
+    settings.poll_interval_secs = 0;
+    settings.header_read_timeout_secs = 1;
+    let app = App::open(settings).await.unwrap();
+    let (addr, _stop, _server) = listen(app).await;
+
+    let mut connections = Vec::new();
+    for n in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        match n % 3 {
+            // Headers that never end.
+            0 => stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: 1")
+                .await
+                .unwrap(),
+            // A complete request, then the connection is kept alive and left idle.
+            1 => {
+                stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = [0u8; 512];
+                let read = stream.read(&mut answer).await.unwrap();
+                assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+            }
+            // Connected, silent.
+            _ => {}
+        }
+        connections.push(stream);
+    }
+    let started = std::time::Instant::now();
+    for (n, mut stream) in connections.into_iter().enumerate() {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(closed.is_ok(), "connection {n} still open");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    let (status, body) = raw_exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+}
+
+/// One SIGTERM hung for over a minute while a request held on. After SIGTERM the server gives
+/// in-flight requests `--shutdown-timeout-secs`, then closes what is left and exits: here a
+/// submit that a slow upstream holds for a minute.
+#[tokio::test]
+async fn sigterm_has_a_deadline() {
+    use std::process::{Command, Stdio};
+    use test_support::fake_proxy::{FakeProxy, Mode};
+    let binary = env!("CARGO_BIN_EXE_mj-tasks-server");
+    let db = TestDb::sqlite();
+    let fake = FakeProxy::start("secret").await;
+    fake.set_mode(Mode::Slow(std::time::Duration::from_secs(60)));
+    let cli = |args: &[&str]| {
+        let output = Command::new(binary)
+            .args(args)
+            .env("MJ_DATABASE_URL", db.url())
+            .env("MJ_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned()
+    };
+    let base_url = fake.base_url();
+    cli(&[
+        "channel",
+        "add",
+        "--name",
+        "slow",
+        "--base-url",
+        &base_url,
+        "--secret",
+        "secret",
+    ]);
+    let token = cli(&["user", "add", "alice", "--quota", "1000000"]);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut server = Command::new(binary)
+        .args(["serve", "--bind", &bind])
+        .args(["--poll-interval-secs", "0", "--shutdown-timeout-secs", "2"])
+        .args(["--upstream-timeout-secs", "300"])
+        .env("MJ_DATABASE_URL", db.url())
+        .env("MJ_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{bind}");
+    mj_tasks::image::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the server started");
+
+    let submit = tokio::spawn(
+        client
+            .post(format!("{base}/mj/submit/imagine"))
+            .bearer_auth(&token)
+            .json(&json!({"prompt": "a slow fox"}))
+            .send(),
+    );
+    for _ in 0..100 {
+        if fake.submit_calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.submit_calls(), 1, "the submit waits on the upstream");
+
+    let signalled = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "exited {took:?} after SIGTERM"
+    );
+    // The held request was cut off, not answered after the deadline.
+    assert!(submit.await.unwrap().is_err());
+}

@@ -388,6 +388,44 @@ async fn dashboard_urls_are_signed_and_stream_identical_bytes() {
     assert!(response.bytes().await.unwrap().is_empty());
 }
 
+/// A signed URL outlives a disable unless the owner's status is read: refused with 403 while
+/// the owner is disabled (cached images too), served again once enabled.
+#[tokio::test]
+async fn disabled_owners_images_are_refused() {
+    let upstream = start_upstream().await;
+    let server = start_server(Options {
+        cache_budget: Some(10 * 1024 * 1024),
+        ..Options::default()
+    })
+    .await;
+    let (alice, _) = add_user(&server.app, "alice").await;
+    let task = add_task(&server.app, alice.id, "1101", &upstream.url("/img/small/1")).await;
+    let url = server.app.present_image_url(&task);
+    let response = get(&url, &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), SMALL_LEN);
+
+    assert!(server.app.users.set_enabled("alice", false).await.unwrap());
+    let hits = upstream.hits.load(Ordering::SeqCst);
+    for _ in 0..2 {
+        let (status, body) = get_error(&url).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["message"], "The owner of this image is disabled.");
+    }
+    let response = client().head(&url).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        hits,
+        "nothing fetched"
+    );
+
+    assert!(server.app.users.set_enabled("alice", true).await.unwrap());
+    let response = get(&url, &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, CACHE_STATUS_HEADER), Some("hit"));
+}
+
 #[tokio::test]
 async fn forwarding_off_shows_the_stored_url() {
     let server = start_server(Options {
@@ -602,6 +640,10 @@ async fn private_upstreams_are_refused_when_the_switch_is_off() {
         format!("http://[::1]:{port}/img/small/1"),
         format!("http://localhost:{port}/img/small/1"),
         format!("http://0x7f000001:{port}/img/small/1"),
+        // IPv6 forms that embed 127.0.0.1: 6to4, SIIT IPv4-translated, and Teredo.
+        format!("http://[2002:7f00:1::1]:{port}/img/small/1"),
+        format!("http://[::ffff:0:7f00:1]:{port}/img/small/1"),
+        format!("http://[2001:0:7f00:1::1]:{port}/img/small/1"),
         "file:///etc/passwd".to_owned(),
         "gopher://127.0.0.1/".to_owned(),
     ];

@@ -36,6 +36,7 @@
 compile_error!("mj-tasks needs at least one backend feature: sqlite, postgres or mysql");
 
 pub mod billing;
+pub mod bulk;
 pub mod channel;
 pub mod image;
 pub mod model;

@@ -18,10 +18,10 @@ pub struct SyntheticSpec {
     pub heavy_user: i64,
     /// Share of tasks owned by `heavy_user`, 0..=100.
     pub heavy_share_percent: u8,
-    /// The other tasks belong to users `light_users_from ..= light_users_from + light_users - 1`.
-    pub light_users_from: i64,
-    /// How many light users share the rest (0 = every task is the heavy user's).
-    pub light_users: u32,
+    /// The ids of the users who share the other tasks evenly (empty = every task is the heavy
+    /// user's). Each task picks its owner on its own, so the owners interleave over time as the
+    /// traffic of many users does.
+    pub light_users: Vec<i64>,
     /// Channels `1..=channels` get tasks round-robin-ish.
     pub channels: u32,
     /// Submit time of the first task (ms).
@@ -42,8 +42,7 @@ impl SyntheticSpec {
             total,
             heavy_user: user_id,
             heavy_share_percent: 100,
-            light_users_from: user_id,
-            light_users: 0,
+            light_users: Vec::new(),
             channels: channels.max(1),
             start_ms: end_ms - 90 * 86_400_000,
             end_ms,
@@ -59,12 +58,13 @@ impl SyntheticSpec {
         let step = span / self.total.max(1);
         let submit_time =
             self.start_ms + (index.saturating_mul(step) + rng.below(step.max(1))).min(span) as i64;
-        let user_id =
-            if self.light_users == 0 || rng.below(100) < u64::from(self.heavy_share_percent) {
-                self.heavy_user
-            } else {
-                self.light_users_from + rng.below(u64::from(self.light_users)) as i64
-            };
+        let user_id = if self.light_users.is_empty()
+            || rng.below(100) < u64::from(self.heavy_share_percent)
+        {
+            self.heavy_user
+        } else {
+            self.light_users[rng.below(self.light_users.len() as u64) as usize]
+        };
         let channel_id = 1 + rng.below(u64::from(self.channels.max(1))) as i64;
         let action = match rng.below(100) {
             0..=59 => TaskAction::Imagine,
@@ -214,8 +214,7 @@ mod tests {
     fn deterministic_and_shaped() {
         let spec = SyntheticSpec {
             heavy_share_percent: 20,
-            light_users: 100,
-            light_users_from: 100,
+            light_users: (100..200).collect(),
             ..SyntheticSpec::single_user(1, 10_000, 8)
         };
         assert_eq!(spec.task(42), spec.task(42));

@@ -9,6 +9,7 @@ use warp::reject::Reject;
 use warp::{Rejection, Reply};
 
 use crate::http::auth::AuthError;
+use crate::http::limits::{BodyTooLarge, BodyUnreadable, MAX_URI_BYTES, UriTooLong};
 
 /// `{"success": ..., "message": ..., "data": ...}`.
 #[derive(Debug, Serialize)]
@@ -102,35 +103,61 @@ pub fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-/// Turns every rejection into the envelope with the right status.
+/// Turns every rejection of the dashboard family into the envelope with the right status.
 pub async fn handle_rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
-    let (status, message) = if let Some(error) = rejection.find::<ApiError>() {
+    let (status, message) = rejection_status(&rejection);
+    Ok(error_reply(status, &message))
+}
+
+/// The status and client-facing sentence of a rejection, for every route family (each renders
+/// them in its own shape). Anything unexpected is logged and answers 500.
+pub fn rejection_status(rejection: &Rejection) -> (StatusCode, String) {
+    let known = |status: StatusCode, message: &str| (status, message.to_owned());
+    if let Some(error) = rejection.find::<ApiError>() {
         (error.status, error.message.clone())
-    } else if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "Not found.".to_owned())
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+    } else if rejection.find::<UriTooLong>().is_some() {
         (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method not allowed.".to_owned(),
+            StatusCode::URI_TOO_LONG,
+            format!("The request URI is longer than {MAX_URI_BYTES} bytes."),
         )
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+    } else if let Some(BodyTooLarge { limit }) = rejection.find::<BodyTooLarge>() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large.".to_owned(),
+            format!("The request body is larger than {limit} bytes."),
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        known(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large.")
+    } else if rejection.find::<BodyUnreadable>().is_some() {
+        known(
+            StatusCode::BAD_REQUEST,
+            "The request body could not be read.",
+        )
+    } else if rejection.is_not_found() {
+        known(StatusCode::NOT_FOUND, "Not found.")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        known(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        known(
+            StatusCode::LENGTH_REQUIRED,
+            "A Content-Length header is required.",
+        )
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        known(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported content type.",
         )
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some()
         || rejection.find::<warp::reject::InvalidHeader>().is_some()
         || rejection.find::<warp::reject::MissingHeader>().is_some()
     {
-        (StatusCode::BAD_REQUEST, "Bad request.".to_owned())
+        known(StatusCode::BAD_REQUEST, "Bad request.")
     } else {
         tracing::error!(?rejection, "unhandled rejection");
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal error.".to_owned(),
-        )
-    };
-    Ok(error_reply(status, &message))
+        known(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.")
+    }
 }
 
 /// Logs a store failure and says how to answer it, for every route family: an unreachable

@@ -1,8 +1,8 @@
 //! `GET` / `HEAD /mj/image/{mj_id}?u=..&e=..&s=..`: the image proxy.
 //!
-//! Order of checks: the signature (403, before any database access), then the task by owner
-//! and `mj_id` (404), then its image (404 when it has none), then the disk cache (finished tasks
-//! only) or the upstream. Errors use the dashboard envelope
+//! Order of checks: the signature (403, before any database access), then the owner (403 when
+//! disabled), then the task by owner and `mj_id` (404), then its image (404 when it has none),
+//! then the disk cache (finished tasks only) or the upstream. Errors use the dashboard envelope
 //! `{"success":false,"message":"...","data":null}`; upstream text never reaches the client.
 
 use std::pin::Pin;
@@ -42,6 +42,16 @@ pub async fn serve_image(
         .signer
         .verify(&mj_id, &query, now)
         .map_err(|error| ApiError::forbidden(format!("{}.", capitalize(&error.to_string()))))?;
+    // A signature outlives a disable: the owner's status is read on every request, like a
+    // token's.
+    let owner = app
+        .users
+        .user_by_id(verified.owner)
+        .await
+        .map_err(ApiError::from)?;
+    if owner.is_some_and(|owner| !owner.enabled) {
+        return Err(ApiError::forbidden("The owner of this image is disabled.").into());
+    }
     let task = app
         .tasks
         .find_by_mj_id(&mj_id, Some(verified.owner))

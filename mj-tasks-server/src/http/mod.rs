@@ -1,10 +1,16 @@
 //! The HTTP layer, laid out like warp's `examples/todos.rs`: [`routes`] composes one filter per
 //! route, `handlers` makes one library call each, `error` renders every failure.
+//!
+//! Two route families answer failures in their own shape: the relay (`/mj/...` except
+//! `/mj/image/...`) in midjourney-proxy's `SubmitResult`, everything else in the dashboard's
+//! envelope. Each family has its own rejection handler, so a relay client never sees the
+//! envelope (unknown route, wrong method, body or URI too large included).
 
 pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod image;
+pub mod limits;
 pub mod relay;
 
 use std::convert::Infallible;
@@ -45,24 +51,34 @@ pub fn routes(
         .and(with_app(app.clone()))
         .and_then(image::serve_image);
 
-    let relay = relay_routes(app.clone());
+    let relay = relay_family().and(
+        limits::uri_within_limit()
+            .and(relay_routes(app.clone()))
+            .recover(relay::handle_rejection)
+            .unify(),
+    );
 
     let health = warp::path!("healthz")
         .and(warp::get())
         .and(with_app(app))
         .and_then(handlers::health);
 
-    own_tasks
-        .map(warp::Reply::into_response)
-        .or(all_tasks.map(warp::Reply::into_response))
-        .unify()
-        .or(health.map(warp::Reply::into_response))
-        .unify()
-        .or(image)
-        .unify()
-        .or(relay)
-        .unify()
+    let dashboard = limits::uri_within_limit()
+        .and(
+            own_tasks
+                .map(warp::Reply::into_response)
+                .or(all_tasks.map(warp::Reply::into_response))
+                .unify()
+                .or(health.map(warp::Reply::into_response))
+                .unify()
+                .or(image)
+                .unify(),
+        )
         .recover(error::handle_rejection)
+        .unify();
+
+    relay
+        .or(dashboard)
         .unify()
         .with(warp::log::custom(log_request))
 }
@@ -70,13 +86,28 @@ pub fn routes(
 /// Largest relay request body (submits carry base64 images).
 const RELAY_BODY_LIMIT: u64 = 32 * 1024 * 1024;
 
+/// Largest `list-by-condition` body.
+const LIST_BODY_LIMIT: u64 = 1024 * 1024;
+
+/// Passes requests of the relay family: paths under `/mj/` other than the image proxy's.
+fn relay_family() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::peek()
+        .and_then(|path: warp::path::Peek| async move {
+            let mut segments = path.segments();
+            match (segments.next(), segments.next()) {
+                (Some("mj"), second) if second != Some("image") => Ok(()),
+                _ => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+}
+
 /// The midjourney-proxy compatible routes (see [`relay`]).
 fn relay_routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let submit = warp::path!("mj" / "submit" / String)
         .and(warp::post())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(RELAY_BODY_LIMIT))
-        .and(warp::body::bytes())
+        .and(limits::body_within(RELAY_BODY_LIMIT))
         .and(with_app(app.clone()))
         .and_then(relay::submit);
     let fetch = warp::path!("mj" / "task" / String / "fetch")
@@ -87,8 +118,7 @@ fn relay_routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)
     let list = warp::path!("mj" / "task" / "list-by-condition")
         .and(warp::post())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(1024 * 1024))
-        .and(warp::body::bytes())
+        .and(limits::body_within(LIST_BODY_LIMIT))
         .and(with_app(app))
         .and_then(relay::list_by_condition);
     submit.or(fetch).unify().or(list).unify().boxed()

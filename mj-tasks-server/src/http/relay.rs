@@ -7,6 +7,8 @@
 //! `Task` for fetches. Handlers never reject, so these routes never fall through to the
 //! dashboard's envelope.
 
+use std::convert::Infallible;
+
 use mj_tasks::upstream::{SubmitResult, codes};
 use mj_tasks::{Channel, NewTask, Progress, SubmitKind, Task, TaskAction, TaskStatus, now_millis};
 use rand::Rng;
@@ -77,6 +79,20 @@ impl From<mj_tasks::StoreError> for RelayError {
     fn from(error: mj_tasks::StoreError) -> Self {
         Self::store(error)
     }
+}
+
+/// Renders every rejection of the relay routes (unknown route, wrong method, body or URI too
+/// large, ...) as a `SubmitResult`, never the dashboard's envelope.
+pub async fn handle_rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let (status, message) = crate::http::error::rejection_status(&rejection);
+    let code = if status == StatusCode::NOT_FOUND {
+        codes::NOT_FOUND
+    } else if status.is_server_error() {
+        codes::FAILURE
+    } else {
+        codes::VALIDATION_ERROR
+    };
+    Ok(RelayError::new(status, code, message).into_response())
 }
 
 fn respond(result: Result<warp::reply::Response, RelayError>) -> warp::reply::Response {

@@ -191,12 +191,14 @@ fn find_cause<'e, T: StdError + 'static>(error: &'e (dyn StdError + 'static)) ->
 
 /// Whether `ip` is an ordinary public unicast address: not loopback, private (RFC 1918, IPv6
 /// unique local), link-local, shared (100.64/10), multicast, broadcast, unspecified or
-/// documentation. IPv4-mapped and NAT64 IPv6 addresses are judged by the IPv4 address inside.
+/// documentation. IPv6 forms that embed an IPv4 address (IPv4-mapped, NAT64, SIIT, 6to4) are
+/// judged by the address inside; Teredo (`2001::/32`) is refused.
 ///
 /// ```
 /// use mj_tasks::image::is_public_ip;
 /// assert!(is_public_ip("93.184.216.34".parse().unwrap()));
-/// for ip in ["127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "::ffff:127.0.0.1", "fd00::1"] {
+/// for ip in ["127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "::ffff:127.0.0.1", "fd00::1",
+///            "2002:7f00:1::", "::ffff:0:7f00:1", "2001:0:808:808::1"] {
 ///     assert!(!is_public_ip(ip.parse().unwrap()), "{ip}");
 /// }
 /// ```
@@ -227,11 +229,20 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         return is_public_v4(v4);
     }
     let segments = ip.segments();
-    // NAT64 well-known prefix 64:ff9b::/96 reaches the IPv4 address in the low 32 bits.
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let [.., hi, lo] = segments;
-        let v4 = Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-        return is_public_v4(v4);
+    let v4_in = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    // Forms that reach an IPv4 address are judged by it: NAT64's well-known prefix
+    // 64:ff9b::/96 and SIIT's IPv4-translated ::ffff:0:0:0/96 carry it in the low 32 bits,
+    // 6to4 2002::/16 in the 32 bits after the prefix.
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return is_public_v4(v4_in(segments[6], segments[7]));
+    }
+    if segments[0] == 0x2002 {
+        return is_public_v4(v4_in(segments[1], segments[2]));
+    }
+    // Teredo 2001::/32 tunnels through a relay to an obfuscated IPv4 address: never an image
+    // host, so refused outright.
+    if segments[..2] == [0x2001, 0] {
+        return false;
     }
     !(ip.is_loopback()
         || ip.is_unspecified()
@@ -561,11 +572,30 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "::127.0.0.1",
             "2001:db8::1",
+            // 6to4 of 127.0.0.1, 10.0.0.1, 169.254.169.254 and 192.168.0.1.
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:1:1::1",
+            // SIIT IPv4-translated 127.0.0.1 and 10.1.2.3.
+            "::ffff:0:7f00:1",
+            "::ffff:0:a01:203",
+            // Teredo, whatever it embeds (here 8.8.8.8 as the server).
+            "2001:0:808:808::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ];
         for ip in blocked {
             assert!(!is_public_ip(ip.parse().unwrap()), "{ip} must be blocked");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "2002:808:808::1",
+            "::ffff:0:808:808",
+            "2001:4860::8888",
+        ] {
             assert!(is_public_ip(ip.parse().unwrap()), "{ip} is public");
         }
     }

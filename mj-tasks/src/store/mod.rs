@@ -25,7 +25,7 @@ pub mod poll;
 mod postgres;
 mod sql;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 mod tasks;
 
 #[cfg(feature = "mysql")]

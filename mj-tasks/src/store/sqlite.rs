@@ -61,7 +61,7 @@ impl Dialect for Sqlite {
 
 /// Rows `ANALYZE` reads per index, the value SQLite recommends: enough for the planner to
 /// tell a unique-ish index (`mj_id`) from a crowded one (a heavy user's).
-const ANALYSIS_LIMIT: u32 = 400;
+pub(crate) const ANALYSIS_LIMIT: u32 = 400;
 
 /// `PRAGMA optimize` at open looks at every table (0x10000), not only those the connection has
 /// used, and analyzes where needed (0x02): a file left without statistics, as a bulk load leaves
