@@ -237,6 +237,22 @@ pub enum Command {
     },
     /// Fill the store with realistic tasks for demos and benchmarks.
     Seed(SeedArgs),
+    /// Move over from new-api: copy its users (tokens kept, hashed), Midjourney channels
+    /// (types 2 and 5) and every `midjourneys` row into --database-url, keeping their ids.
+    /// Idempotent and resumable: rerun it after an interruption; conflicts stop it before it
+    /// writes anything.
+    Import {
+        /// new-api's database: a SQLite file path or sqlite: URL, postgres://... or mysql://...
+        /// (opened read-only).
+        #[arg(long)]
+        from: String,
+        /// Tasks per transaction.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        batch: u32,
+        /// Report what would be imported and any conflicts, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `seed` arguments.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod images;
+pub mod import;
 pub mod ledger;
 pub mod server;
 pub mod users;

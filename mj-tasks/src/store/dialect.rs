@@ -11,6 +11,7 @@ use sqlx::{Database, QueryBuilder};
 
 use crate::billing::LedgerConn;
 use crate::store::Backend;
+use crate::store::import::{IdSpan, ImportClaim};
 use crate::store::sql::{ChannelRow, PageRow, TaskRow};
 
 /// What a backend's driver does with a built statement. Implemented by [`run_statements!`] with
@@ -38,6 +39,16 @@ pub(crate) trait RunStatements: Database {
         conn: &mut Self::Connection,
         statement: QueryBuilder<Self>,
     ) -> BoxFuture<'_, sqlx::Result<Vec<ChannelRow>>>;
+    /// Every row, as import claims.
+    fn fetch_import_claims(
+        conn: &mut Self::Connection,
+        statement: QueryBuilder<Self>,
+    ) -> BoxFuture<'_, sqlx::Result<Vec<ImportClaim>>>;
+    /// The first row, as an id span.
+    fn fetch_id_span(
+        conn: &mut Self::Connection,
+        statement: QueryBuilder<Self>,
+    ) -> BoxFuture<'_, sqlx::Result<IdSpan>>;
     /// The first column of the first row, as an integer.
     fn fetch_int(
         conn: &mut Self::Connection,
@@ -100,6 +111,10 @@ pub(crate) trait Dialect: RunStatements {
         statement: QueryBuilder<Self>,
     ) -> BoxFuture<'_, sqlx::Result<i64>>;
 
+    /// The statement that moves `table`'s id sequence past rows written with explicit ids (an
+    /// import), where the backend does not do it by itself.
+    fn sync_id_sequence(table: &'static str) -> Option<&'static str>;
+
     /// A transaction's connection as the ledger receives it.
     fn ledger_conn(conn: &mut Self::Connection) -> LedgerConn<'_>;
 }
@@ -144,6 +159,24 @@ macro_rules! run_statements {
                 sqlx::Result<Vec<$crate::store::sql::ChannelRow>>,
             > {
                 Box::pin(async move { statement.build_query_as().fetch_all(conn).await })
+            }
+
+            fn fetch_import_claims(
+                conn: &mut Self::Connection,
+                mut statement: sqlx::QueryBuilder<Self>,
+            ) -> futures_util::future::BoxFuture<
+                '_,
+                sqlx::Result<Vec<$crate::store::import::ImportClaim>>,
+            > {
+                Box::pin(async move { statement.build_query_as().fetch_all(conn).await })
+            }
+
+            fn fetch_id_span(
+                conn: &mut Self::Connection,
+                mut statement: sqlx::QueryBuilder<Self>,
+            ) -> futures_util::future::BoxFuture<'_, sqlx::Result<$crate::store::import::IdSpan>>
+            {
+                Box::pin(async move { statement.build_query_as().fetch_one(conn).await })
             }
 
             fn fetch_int(

@@ -18,6 +18,7 @@ use crate::query::{Page, PageRequest, TaskQuery};
 #[macro_use]
 mod dialect;
 mod counts;
+pub mod import;
 #[cfg(feature = "mysql")]
 mod mysql;
 pub mod poll;
@@ -28,6 +29,9 @@ mod sql;
 pub(crate) mod sqlite;
 mod tasks;
 
+#[cfg(any(test, feature = "mock"))]
+pub use import::MockImportStore;
+pub use import::{ClaimEntity, IdSpan, ImportClaim, ImportStore};
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlTaskStore;
 #[cfg(any(test, feature = "mock"))]
@@ -96,6 +100,12 @@ pub trait TaskStore: Send + Sync {
 
     /// Inserts many tasks in one transaction (chunked into multi-row inserts); returns how many.
     async fn insert_many(&self, tasks: &[NewTask]) -> Result<u64, StoreError>;
+
+    /// Inserts whole tasks with the ids and versions they carry (an import from another
+    /// database keeps its ids), in one transaction; returns how many. An id already taken fails
+    /// the whole call with [`StoreError::Conflict`]. A task is stored as finished (never polled)
+    /// when its status is terminal or its progress reads `100%`, new-api's own marker.
+    async fn insert_with_ids(&self, tasks: &[Task]) -> Result<u64, StoreError>;
 
     /// The task with this id.
     async fn get(&self, id: i64) -> Result<Option<Task>, StoreError>;
@@ -229,9 +239,11 @@ impl BackendVisitor for Handles {
         Arc<dyn TaskStore>,
         Arc<dyn ChannelStore>,
         Arc<dyn SettingStore>,
+        Arc<dyn ImportStore>,
     );
     fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output {
         (
+            Arc::new(store.clone()),
             Arc::new(store.clone()),
             Arc::new(store.clone()),
             Arc::new(store.clone()),
@@ -284,6 +296,11 @@ impl SqlStore {
     /// The store as a setting store.
     pub fn settings(&self) -> Arc<dyn SettingStore> {
         self.with_backend(Handles).2
+    }
+
+    /// The store as an import store (claims, channels with their ids).
+    pub fn imports(&self) -> Arc<dyn ImportStore> {
+        self.with_backend(Handles).3
     }
 
     /// Which database this is.

@@ -55,6 +55,11 @@ impl Dialect for MySql {
         })
     }
 
+    /// InnoDB moves `AUTO_INCREMENT` past explicitly written ids by itself.
+    fn sync_id_sequence(_table: &'static str) -> Option<&'static str> {
+        None
+    }
+
     fn ledger_conn(conn: &mut MySqlConnection) -> LedgerConn<'_> {
         LedgerConn::MySql(conn)
     }

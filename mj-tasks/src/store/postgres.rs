@@ -52,6 +52,22 @@ impl Dialect for Postgres {
         Box::pin(async move { statement.build_query_scalar().fetch_one(conn).await })
     }
 
+    /// PostgreSQL does not move an identity past explicit ids: the next ordinary insert would
+    /// collide.
+    fn sync_id_sequence(table: &'static str) -> Option<&'static str> {
+        match table {
+            "midjourneys" => Some(
+                "SELECT setval(pg_get_serial_sequence('midjourneys', 'id'), MAX(id)) \
+                 FROM midjourneys",
+            ),
+            "mj_channels" => Some(
+                "SELECT setval(pg_get_serial_sequence('mj_channels', 'id'), MAX(id)) \
+                 FROM mj_channels",
+            ),
+            _ => None,
+        }
+    }
+
     fn ledger_conn(conn: &mut PgConnection) -> LedgerConn<'_> {
         LedgerConn::Postgres(conn)
     }

@@ -212,6 +212,35 @@ pub(crate) fn insert_tasks<D: Dialect>(tasks: &[NewTask]) -> QueryBuilder<D> {
     builder
 }
 
+/// Whether an imported task is left alone by the poller: its status is terminal, or its progress
+/// reads `100%`, the one marker new-api's own poller stops at (whatever the status says).
+pub(crate) fn imported_as_finished(task: &Task) -> bool {
+    task.is_finished() || task.progress.as_str().trim() == "100%"
+}
+
+/// `INSERT INTO midjourneys (id, ..., version) VALUES ...` for whole `tasks` that keep their ids
+/// and versions (imports; at most [`INSERT_CHUNK`]).
+pub(crate) fn insert_tasks_with_ids<D: Dialect>(tasks: &[Task]) -> QueryBuilder<D> {
+    let mut builder = QueryBuilder::new("INSERT INTO midjourneys (id, ");
+    builder
+        .push(TASK_FIELDS.join(", "))
+        .push(", finished, version) VALUES ");
+    for (n, task) in tasks.iter().enumerate() {
+        builder.push(if n == 0 { "(" } else { ", (" });
+        D::bind_int(&mut builder, task.id);
+        for name in TASK_FIELDS {
+            builder.push(", ");
+            bind_field(&mut builder, field(task, name));
+        }
+        builder.push(", ");
+        D::bind_flag(&mut builder, imported_as_finished(task));
+        builder.push(", ");
+        D::bind_int(&mut builder, task.version);
+        builder.push(")");
+    }
+    builder
+}
+
 /// The compare-and-swap update of `task`: every mutable column, if the row still has
 /// `task.version`, bumping it.
 pub(crate) fn update_task<D: Dialect>(task: &Task) -> QueryBuilder<D> {

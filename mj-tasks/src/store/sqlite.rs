@@ -54,6 +54,11 @@ impl Dialect for Sqlite {
         Box::pin(async move { statement.build_query_scalar().fetch_one(conn).await })
     }
 
+    /// SQLite gives the next row `MAX(id) + 1` by itself.
+    fn sync_id_sequence(_table: &'static str) -> Option<&'static str> {
+        None
+    }
+
     fn ledger_conn(conn: &mut SqliteConnection) -> LedgerConn<'_> {
         LedgerConn::Sqlite(conn)
     }

@@ -13,8 +13,8 @@ use crate::query::{Page, PageRequest, TaskQuery};
 use crate::store::counts::{Deltas, push_total};
 use crate::store::dialect::Dialect;
 use crate::store::sql::{
-    FilterValues, INSERT_CHUNK, SELECT_CHANNELS, insert_tasks, push_page, push_where, select_tasks,
-    update_task,
+    FilterValues, INSERT_CHUNK, SELECT_CHANNELS, insert_tasks, insert_tasks_with_ids, push_page,
+    push_where, select_tasks, update_task,
 };
 use crate::store::{ChannelStore, SettingStore, StoreError, TaskStore};
 
@@ -208,6 +208,22 @@ impl<D: Dialect> TaskStore for SqlTaskStore<D> {
     async fn insert_many(&self, tasks: &[NewTask]) -> Result<u64, StoreError> {
         let mut tx = begin_write(&self.pool).await?;
         let inserted = insert_counted::<D>(&mut tx, tasks).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn insert_with_ids(&self, tasks: &[Task]) -> Result<u64, StoreError> {
+        let mut tx = begin_write(&self.pool).await?;
+        let mut inserted = 0;
+        let mut deltas = Deltas::default();
+        for chunk in tasks.chunks(INSERT_CHUNK) {
+            inserted += D::execute(&mut tx, insert_tasks_with_ids::<D>(chunk)).await?;
+            chunk.iter().for_each(|task| deltas.add(task, 1));
+        }
+        apply::<D>(&mut tx, &deltas).await?;
+        if let Some(statement) = D::sync_id_sequence("midjourneys") {
+            D::run_script(&mut tx, statement).await?;
+        }
         tx.commit().await?;
         Ok(inserted)
     }
