@@ -240,7 +240,11 @@ async fn submit_is_charged_recorded_and_polled_to_success(kind: Kind) {
         panic!("{upscale:?}");
     };
     assert_eq!(
-        (upscale.action, upscale.quota, upscale.prompt.as_str()),
+        (
+            upscale.action.clone(),
+            upscale.quota,
+            upscale.prompt.as_str()
+        ),
         (TaskAction::Upscale, 25_000, "a red fox")
     );
     // Someone else's task is not an origin.

@@ -100,31 +100,15 @@ mod tests {
     }
 
     fn task() -> Task {
-        let new = NewTask::submitted(1, TaskAction::Imagine, "fox", "1715240000123456", 2);
+        let fields = NewTask {
+            image_url: "https://cdn/raw.png".into(),
+            buttons: "not json".into(),
+            ..NewTask::submitted(1, TaskAction::Imagine, "fox", "1715240000123456", 2)
+        };
         Task {
             id: 7,
-            code: new.code,
-            user_id: new.user_id,
-            action: new.action,
-            mj_id: new.mj_id,
-            prompt: new.prompt,
-            prompt_en: String::new(),
-            description: String::new(),
-            state: String::new(),
-            submit_time: new.submit_time,
-            start_time: 0,
-            finish_time: 0,
-            image_url: "https://cdn/raw.png".into(),
-            video_url: String::new(),
-            video_urls: String::new(),
-            status: new.status,
-            progress: new.progress,
-            fail_reason: String::new(),
-            channel_id: new.channel_id,
-            quota: 0,
-            buttons: "not json".into(),
-            properties: "{}".into(),
             version: 0,
+            fields,
         }
     }
 

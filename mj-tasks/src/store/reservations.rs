@@ -17,10 +17,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 use crate::billing::QuotaLedger;
 use crate::model::{NewTask, Task};
-use crate::store::{SqlStore, StoreError};
+use crate::store::dialect::Dialect;
+use crate::store::{BackendVisitor, SqlStore, SqlTaskStore, StoreError};
 
 /// One row of the journal: `amount` taken from `user_id` at `created_at` (ms) for a submit in
 /// flight.
@@ -95,192 +97,214 @@ impl SqlReservationStore {
     }
 }
 
-/// The id of the row an `INSERT` adds, on a connection: `RETURNING id` where the dialect has
-/// it, MySQL's insert id otherwise.
-macro_rules! insert_id {
-    (returning, $builder:ident, $conn:expr) => {{
-        $builder.push(" RETURNING id");
-        $builder
-            .build_query_scalar::<i64>()
-            .fetch_one($conn)
+/// The journal's statements, over any dialect.
+mod statements {
+    use sqlx::{Pool, QueryBuilder};
+
+    use crate::billing::{Credit, CreditReason, QuotaLedger};
+    use crate::model::{NewTask, Task};
+    use crate::store::StoreError;
+    use crate::store::counts::Deltas;
+    use crate::store::dialect::Dialect;
+    use crate::store::reservations::{Reservation, Settled};
+    use crate::store::sql::insert_tasks;
+    use crate::store::tasks::{apply, begin_write};
+
+    pub(super) async fn reserve<D: Dialect>(
+        pool: &Pool<D>,
+        ledger: &dyn QuotaLedger,
+        user_id: i64,
+        amount: i64,
+        now_ms: i64,
+    ) -> Result<Option<Reservation>, StoreError> {
+        let mut tx = begin_write(pool).await?;
+        if !ledger
+            .reserve_in(D::ledger_conn(&mut tx), user_id, amount)
             .await?
-    }};
-    (last_insert_id, $builder:ident, $conn:expr) => {{
-        let result = $builder.build().execute($conn).await?;
-        i64::try_from(result.last_insert_id()).map_err(|_| {
-            StoreError::from(sqlx::Error::Protocol(
-                "insert id does not fit in i64".into(),
-            ))
-        })?
-    }};
-}
+        {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut insert = QueryBuilder::<D>::new(
+            "INSERT INTO mj_reservations (user_id, amount, created_at) VALUES (",
+        );
+        D::bind_int(&mut insert, user_id);
+        insert.push(", ");
+        D::bind_int(&mut insert, amount);
+        insert.push(", ");
+        D::bind_int(&mut insert, now_ms);
+        insert.push(")");
+        let id = D::insert_returning_id(&mut tx, insert).await?;
+        tx.commit().await?;
+        Ok(Some(Reservation {
+            id,
+            user_id,
+            amount,
+            created_at: now_ms,
+        }))
+    }
 
-/// One body for the three dialects: functions over `sqlx::Pool<$db>`, the ledger connection
-/// wrapped in `$conn`, new ids read as `$insert_id` (see [`insert_id!`]).
-macro_rules! reservation_sql {
-    ($module:ident, $db:ty, $conn:path, $insert_id:ident) => {
-        mod $module {
-            use sqlx::QueryBuilder;
+    /// Deletes the journal row: `true` when this call removed it, and so decides.
+    async fn claim<D: Dialect>(conn: &mut D::Connection, id: i64) -> Result<bool, StoreError> {
+        let mut delete = QueryBuilder::<D>::new("DELETE FROM mj_reservations WHERE id = ");
+        D::bind_int(&mut delete, id);
+        Ok(D::execute(conn, delete).await? == 1)
+    }
 
-            use crate::billing::{Credit, CreditReason, QuotaLedger};
-            use crate::model::NewTask;
-            use crate::store::StoreError;
-            use crate::store::reservations::{Reservation, Settled};
-            use crate::store::sql::{INSERT_TASKS, inserted_task, push_task_values};
+    pub(super) async fn settle<D: Dialect>(
+        pool: &Pool<D>,
+        reservation: &Reservation,
+        task: &NewTask,
+    ) -> Result<Settled, StoreError> {
+        let mut tx = begin_write(pool).await?;
+        let charged = claim::<D>(&mut tx, reservation.id).await?;
+        let task = NewTask {
+            quota: if charged { reservation.amount } else { 0 },
+            ..task.clone()
+        };
+        let id =
+            D::insert_returning_id(&mut tx, insert_tasks::<D>(std::slice::from_ref(&task))).await?;
+        // The new task counts in the totals from the same commit on.
+        let mut deltas = Deltas::default();
+        deltas.add(&task, 1);
+        apply::<D>(&mut tx, &deltas).await?;
+        tx.commit().await?;
+        Ok(Settled {
+            task: Task {
+                id,
+                version: 0,
+                fields: task,
+            },
+            charged,
+        })
+    }
 
-            pub(super) async fn reserve(
-                pool: &sqlx::Pool<$db>,
-                ledger: &dyn QuotaLedger,
-                user_id: i64,
-                amount: i64,
-                now_ms: i64,
-            ) -> Result<Option<Reservation>, StoreError> {
-                let mut tx = pool.begin().await?;
-                if !ledger.reserve_in($conn(&mut *tx), user_id, amount).await? {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-                let mut insert = QueryBuilder::<$db>::new(
-                    "INSERT INTO mj_reservations (user_id, amount, created_at) ",
-                );
-                insert.push_values(std::iter::once(()), |mut row, ()| {
-                    row.push_bind(user_id).push_bind(amount).push_bind(now_ms);
-                });
-                let id = insert_id!($insert_id, insert, &mut *tx);
-                tx.commit().await?;
-                Ok(Some(Reservation {
+    pub(super) async fn release<D: Dialect>(
+        pool: &Pool<D>,
+        ledger: &dyn QuotaLedger,
+        reservation: &Reservation,
+    ) -> Result<bool, StoreError> {
+        let mut tx = begin_write(pool).await?;
+        if !claim::<D>(&mut tx, reservation.id).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let credit = Credit {
+            user_id: reservation.user_id,
+            amount: reservation.amount,
+            reason: CreditReason::Release {
+                reservation_id: reservation.id,
+            },
+        };
+        ledger.credit_in(D::ledger_conn(&mut tx), credit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Up to `limit` journal rows created before `created_before_ms`, oldest first.
+    pub(super) async fn expired<D: Dialect>(
+        pool: &Pool<D>,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Reservation>, StoreError> {
+        let mut conn = pool.acquire().await?;
+        // Ids first (one index range), then each row: the journal is almost always empty.
+        let mut select =
+            QueryBuilder::<D>::new("SELECT COUNT(*) FROM mj_reservations WHERE created_at < ");
+        D::bind_int(&mut select, created_before_ms);
+        if D::fetch_int(&mut conn, select).await?.unwrap_or(0) == 0 {
+            return Ok(Vec::new());
+        }
+        let mut rows = Vec::new();
+        let mut after = i64::MIN;
+        while rows.len() < limit as usize {
+            let mut next =
+                QueryBuilder::<D>::new("SELECT MIN(id) FROM mj_reservations WHERE id > ");
+            D::bind_int(&mut next, after);
+            next.push(" AND created_at < ");
+            D::bind_int(&mut next, created_before_ms);
+            let Some(id) = D::fetch_int(&mut conn, next).await? else {
+                break;
+            };
+            after = id;
+            let field = |column: &'static str| {
+                let mut select = QueryBuilder::<D>::new("SELECT ");
+                select
+                    .push(column)
+                    .push(" FROM mj_reservations WHERE id = ");
+                D::bind_int(&mut select, id);
+                select
+            };
+            let user_id = D::fetch_int(&mut conn, field("user_id")).await?;
+            let amount = D::fetch_int(&mut conn, field("amount")).await?;
+            let created_at = D::fetch_int(&mut conn, field("created_at")).await?;
+            if let (Some(user_id), Some(amount), Some(created_at)) = (user_id, amount, created_at) {
+                rows.push(Reservation {
                     id,
                     user_id,
                     amount,
-                    created_at: now_ms,
-                }))
-            }
-
-            /// Deletes the journal row: `true` when this call removed it, and so decides.
-            async fn claim(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                id: i64,
-            ) -> Result<bool, StoreError> {
-                let mut delete =
-                    QueryBuilder::<$db>::new("DELETE FROM mj_reservations WHERE id = ");
-                delete.push_bind(id);
-                Ok(delete.build().execute(&mut *conn).await?.rows_affected() == 1)
-            }
-
-            pub(super) async fn settle(
-                pool: &sqlx::Pool<$db>,
-                reservation: &Reservation,
-                task: &NewTask,
-            ) -> Result<Settled, StoreError> {
-                let mut tx = pool.begin().await?;
-                let charged = claim(&mut *tx, reservation.id).await?;
-                let task = NewTask {
-                    quota: if charged { reservation.amount } else { 0 },
-                    ..task.clone()
-                };
-                let mut insert = QueryBuilder::<$db>::new(INSERT_TASKS);
-                push_task_values(&mut insert, std::slice::from_ref(&task));
-                let id = insert_id!($insert_id, insert, &mut *tx);
-                tx.commit().await?;
-                Ok(Settled {
-                    task: inserted_task(id, &task),
-                    charged,
-                })
-            }
-
-            pub(super) async fn release(
-                pool: &sqlx::Pool<$db>,
-                ledger: &dyn QuotaLedger,
-                reservation: &Reservation,
-            ) -> Result<bool, StoreError> {
-                let mut tx = pool.begin().await?;
-                if !claim(&mut *tx, reservation.id).await? {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                let credit = Credit {
-                    user_id: reservation.user_id,
-                    amount: reservation.amount,
-                    reason: CreditReason::Release {
-                        reservation_id: reservation.id,
-                    },
-                };
-                ledger.credit_in($conn(&mut *tx), credit).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            pub(super) async fn expired(
-                pool: &sqlx::Pool<$db>,
-                created_before_ms: i64,
-                limit: u32,
-            ) -> Result<Vec<Reservation>, StoreError> {
-                let mut select = QueryBuilder::<$db>::new(
-                    "SELECT id, user_id, amount, created_at FROM mj_reservations \
-                     WHERE created_at < ",
-                );
-                select
-                    .push_bind(created_before_ms)
-                    .push(" ORDER BY created_at LIMIT ")
-                    .push_bind(i64::from(limit));
-                let rows: Vec<(i64, i64, i64, i64)> =
-                    select.build_query_as().fetch_all(pool).await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(id, user_id, amount, created_at)| Reservation {
-                        id,
-                        user_id,
-                        amount,
-                        created_at,
-                    })
-                    .collect())
+                    created_at,
+                });
             }
         }
-    };
+        Ok(rows)
+    }
 }
 
-#[cfg(feature = "sqlite")]
-reservation_sql!(
-    sqlite_journal,
-    sqlx::Sqlite,
-    crate::billing::LedgerConn::Sqlite,
-    returning
-);
-#[cfg(feature = "postgres")]
-reservation_sql!(
-    postgres_journal,
-    sqlx::Postgres,
-    crate::billing::LedgerConn::Postgres,
-    returning
-);
-#[cfg(feature = "mysql")]
-reservation_sql!(
-    mysql_journal,
-    sqlx::MySql,
-    crate::billing::LedgerConn::MySql,
-    last_insert_id
-);
+/// A journal operation, run on whichever backend the store is.
+enum Operation<'a> {
+    Reserve(&'a dyn QuotaLedger, i64, i64),
+    Settle(&'a Reservation, &'a NewTask),
+    Release(&'a dyn QuotaLedger, &'a Reservation),
+    Expired(i64, u32),
+}
 
-/// Dispatches `$function` to the module of the store's backend with its pool.
-macro_rules! dispatch {
-    ($self:ident, $function:ident ( $($arg:expr),* )) => {
-        match &$self.store {
-            #[cfg(feature = "sqlite")]
-            SqlStore::Sqlite(store) => sqlite_journal::$function(store.pool(), $($arg),*).await,
-            #[cfg(feature = "postgres")]
-            SqlStore::Postgres(store) => postgres_journal::$function(store.pool(), $($arg),*).await,
-            #[cfg(feature = "mysql")]
-            SqlStore::MySql(store) => mysql_journal::$function(store.pool(), $($arg),*).await,
-        }
-    };
+/// What an [`Operation`] yields.
+enum Done {
+    Reserved(Option<Reservation>),
+    Settled(Box<Settled>),
+    Released(bool),
+    Expired(Vec<Reservation>),
+}
+
+impl<'a> BackendVisitor for Operation<'a> {
+    type Output = BoxFuture<'a, Result<Done, StoreError>>;
+
+    fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output {
+        let pool = store.pool().clone();
+        Box::pin(async move {
+            Ok(match self {
+                Self::Reserve(ledger, user_id, amount) => Done::Reserved(
+                    statements::reserve(&pool, ledger, user_id, amount, crate::now_millis())
+                        .await?,
+                ),
+                Self::Settle(reservation, task) => Done::Settled(Box::new(
+                    statements::settle(&pool, reservation, task).await?,
+                )),
+                Self::Release(ledger, reservation) => {
+                    Done::Released(statements::release(&pool, ledger, reservation).await?)
+                }
+                Self::Expired(before, limit) => {
+                    Done::Expired(statements::expired(&pool, before, limit).await?)
+                }
+            })
+        })
+    }
+}
+
+/// An answer of another operation than asked: cannot happen (each arm above answers its own).
+fn mismatch() -> StoreError {
+    StoreError::UnsupportedUrl("reservation journal: mismatched operation".to_owned())
 }
 
 #[async_trait]
 impl ReservationStore for SqlReservationStore {
     async fn reserve(&self, user_id: i64, amount: i64) -> Result<Option<Reservation>, StoreError> {
-        let ledger = self.ledger.as_ref();
-        let now = crate::now_millis();
-        dispatch!(self, reserve(ledger, user_id, amount.max(0), now))
+        let operation = Operation::Reserve(self.ledger.as_ref(), user_id, amount.max(0));
+        match self.store.with_backend(operation).await? {
+            Done::Reserved(reservation) => Ok(reservation),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn settle(
@@ -288,16 +312,29 @@ impl ReservationStore for SqlReservationStore {
         reservation: &Reservation,
         task: &NewTask,
     ) -> Result<Settled, StoreError> {
-        dispatch!(self, settle(reservation, task))
+        match self
+            .store
+            .with_backend(Operation::Settle(reservation, task))
+            .await?
+        {
+            Done::Settled(settled) => Ok(*settled),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn release(&self, reservation: &Reservation) -> Result<bool, StoreError> {
-        let ledger = self.ledger.as_ref();
-        dispatch!(self, release(ledger, reservation))
+        let operation = Operation::Release(self.ledger.as_ref(), reservation);
+        match self.store.with_backend(operation).await? {
+            Done::Released(released) => Ok(released),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn release_expired(&self, created_before_ms: i64, limit: u32) -> Result<u64, StoreError> {
-        let expired = dispatch!(self, expired(created_before_ms, limit))?;
+        let operation = Operation::Expired(created_before_ms, limit);
+        let Done::Expired(expired) = self.store.with_backend(operation).await? else {
+            return Err(mismatch());
+        };
         let mut released = 0;
         for reservation in &expired {
             if self.release(reservation).await? {
