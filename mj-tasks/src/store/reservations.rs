@@ -218,11 +218,11 @@ mod statements {
         let mut rows = Vec::new();
         let mut after = i64::MIN;
         while rows.len() < limit as usize {
-            let mut next =
-                QueryBuilder::<D>::new("SELECT MIN(id) FROM mj_reservations WHERE id > ");
+            let mut next = QueryBuilder::<D>::new("SELECT id FROM mj_reservations WHERE id > ");
             D::bind_int(&mut next, after);
             next.push(" AND created_at < ");
             D::bind_int(&mut next, created_before_ms);
+            next.push(" ORDER BY id LIMIT 1");
             let Some(id) = D::fetch_int(&mut conn, next).await? else {
                 break;
             };
