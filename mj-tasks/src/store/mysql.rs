@@ -1,6 +1,5 @@
 //! The MySQL / MariaDB backend.
 
-use std::time::Duration;
 
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::{MySql, QueryBuilder};
@@ -44,7 +43,7 @@ impl MySqlTaskStore {
         };
         let pool = MySqlPoolOptions::new()
             .max_connections(10)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(crate::store::NETWORK_ACQUIRE_TIMEOUT)
             .connect(&url)
             .await?;
         let store = Self::from_pool(pool);

@@ -649,6 +649,15 @@ macro_rules! impl_sql_stores {
                 Ok(())
             }
 
+            async fn ping_write(&self) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE mj_leases SET expires_at = expires_at WHERE name = 'mj_poller'",
+                )
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn refresh_statistics(&self) -> Result<(), $crate::StoreError> {
                 for &statement in <$store>::REFRESH_STATISTICS {
                     sqlx::raw_sql(statement).fetch_all(&self.pool).await?;
