@@ -2,7 +2,8 @@
 //! published):
 //! - [`db`]: a throwaway SQLite file, or a fresh PostgreSQL / MariaDB database per test;
 //! - [`local_server`]: a warp filter served on an ephemeral port, and generated bodies;
-//! - [`fake_proxy`]: a fake midjourney-proxy built on it.
+//! - [`fake_proxy`]: a fake midjourney-proxy built on it;
+//! - [`tcp_proxy`]: a TCP forwarder to stop and resume, to take a database away and back.
 //!
 //! A fixture that cannot set itself up panics: that is how a test reports a broken environment.
 #![allow(clippy::unwrap_used)]
@@ -10,5 +11,6 @@
 pub mod db;
 pub mod fake_proxy;
 pub mod local_server;
+pub mod tcp_proxy;
 
 pub use db::{Kind, TestDb};

@@ -68,7 +68,9 @@ pub async fn health(app: App) -> Result<impl Reply, Rejection> {
             StatusCode::OK,
         ),
         Some(database) => warp::reply::with_status(
-            warp::reply::json(&serde_json::json!({ "status": "unavailable", "database": database })),
+            warp::reply::json(
+                &serde_json::json!({ "status": "unavailable", "database": database }),
+            ),
             StatusCode::SERVICE_UNAVAILABLE,
         ),
     };

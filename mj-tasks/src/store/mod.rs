@@ -85,7 +85,10 @@ impl From<sqlx::Error> for StoreError {
 /// Whether a database error says writes are refused for now, in each engine's own terms.
 fn refuses_writes(error: &dyn sqlx::error::DatabaseError) -> bool {
     #[cfg(feature = "sqlite")]
-    if error.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+    if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
         // Primary result codes (the low byte of extended ones): SQLITE_READONLY, SQLITE_FULL.
         let primary = error
             .code()

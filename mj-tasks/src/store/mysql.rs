@@ -1,6 +1,5 @@
 //! The MySQL / MariaDB backend.
 
-
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::{MySql, QueryBuilder};
 

@@ -131,10 +131,7 @@ struct ReadOnlyOpens {
 }
 
 impl ReadOnlyOpens {
-    fn watch(
-        pool: SqlitePoolOptions,
-        path: std::path::PathBuf,
-    ) -> SqlitePoolOptions {
+    fn watch(pool: SqlitePoolOptions, path: std::path::PathBuf) -> SqlitePoolOptions {
         let watch = std::sync::Arc::new(Self {
             path,
             epoch: std::time::Instant::now(),
