@@ -1,4 +1,4 @@
-//! The subcommands: serve, user, channel, seed.
+//! The subcommands: serve, user, channel, seed, import.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -48,6 +48,12 @@ pub enum CliError {
     /// A value no database can store (too long for its column).
     #[error("{0}")]
     Unstorable(#[from] TextError),
+    /// The import failed.
+    #[error("{0}")]
+    Import(mj_tasks::import::ImportError),
+    /// The import found rows in the way (listed before) and wrote nothing.
+    #[error("{0} conflicts with rows already in the database (listed above); nothing was imported")]
+    ImportConflicts(usize),
 }
 
 impl From<OpenError> for CliError {
@@ -73,6 +79,23 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 args,
             )
             .await
+        }
+        Command::Import {
+            from,
+            batch,
+            dry_run,
+        } => {
+            let accounts = Accounts::open(&settings).await?;
+            let result = crate::import::run(
+                &accounts.store,
+                accounts.users.as_ref(),
+                &from,
+                batch,
+                dry_run,
+            )
+            .await;
+            accounts.store.close().await;
+            result
         }
     }
 }

@@ -119,6 +119,11 @@ pub struct Settings {
         global = true
     )]
     pub upstream_timeout_secs: u64,
+    /// Milliseconds a user found by access token is remembered (0 = read the database on every
+    /// request). Changes made through this server apply at once; `user disable`, `user token`
+    /// and the like from another process apply within this time.
+    #[arg(long, env = "MJ_TOKEN_CACHE_MS", default_value_t = 1000, global = true)]
+    pub token_cache_ms: u64,
     /// Seconds a connection may take to send a request's headers, and may stay idle between
     /// requests, before it is closed (slow or half-open clients cannot pile up).
     #[arg(
@@ -162,6 +167,7 @@ impl Settings {
             image_cache_max_bytes: 1_073_741_824,
             prices: mj_tasks::PriceTable::default(),
             upstream_timeout_secs: 60,
+            token_cache_ms: 1000,
             header_read_timeout_secs: 10,
             shutdown_timeout_secs: 10,
             log: "info".to_owned(),
@@ -207,6 +213,7 @@ impl fmt::Debug for Settings {
             .field("image_cache_max_bytes", &self.image_cache_max_bytes)
             .field("prices", &self.prices)
             .field("upstream_timeout_secs", &self.upstream_timeout_secs)
+            .field("token_cache_ms", &self.token_cache_ms)
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .field("log", &self.log)
@@ -237,6 +244,22 @@ pub enum Command {
     },
     /// Fill the store with realistic tasks for demos and benchmarks.
     Seed(SeedArgs),
+    /// Move over from new-api: copy its users (tokens kept, hashed), Midjourney channels
+    /// (types 2 and 5) and every `midjourneys` row into --database-url, keeping their ids.
+    /// Idempotent and resumable: rerun it after an interruption; conflicts stop it before it
+    /// writes anything.
+    Import {
+        /// new-api's database: a SQLite file path or sqlite: URL, postgres://... or mysql://...
+        /// (opened read-only).
+        #[arg(long)]
+        from: String,
+        /// Tasks per transaction.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        batch: u32,
+        /// Report what would be imported and any conflicts, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `seed` arguments.

@@ -8,8 +8,10 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod images;
+pub mod import;
 pub mod ledger;
 pub mod server;
+pub mod token_cache;
 pub mod users;
 
 pub use app::{App, OpenError};

@@ -110,6 +110,9 @@ pub trait UserStore: Send + Sync {
         quota: i64,
         token_hash: &str,
     ) -> Result<User, StoreError>;
+    /// Inserts a user with its id and values as given (an import keeps new-api's ids); a taken
+    /// id or name is [`StoreError::Conflict`].
+    async fn insert_user_with_id(&self, user: &ImportedUser) -> Result<(), StoreError>;
     /// The user whose token has this digest.
     async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>, StoreError>;
     /// The user with this name.
@@ -124,6 +127,39 @@ pub trait UserStore: Send + Sync {
     async fn set_token_hash(&self, username: &str, token_hash: &str) -> Result<bool, StoreError>;
     /// Sets a user's quota; `false` if there is none.
     async fn set_quota(&self, username: &str, quota: i64) -> Result<bool, StoreError>;
+}
+
+/// A user as an import writes it: new-api's id, role and status numbers kept as they are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImportedUser {
+    /// new-api's id.
+    pub id: i64,
+    /// Unique name.
+    pub username: String,
+    /// new-api's role number (1, 10, 100).
+    pub role: i64,
+    /// 1 enabled, 2 disabled.
+    pub status: i64,
+    /// Quota balance.
+    pub quota: i64,
+    /// Digest of the user's access token; `None` for a user without one.
+    pub token_hash: Option<String>,
+}
+
+impl fmt::Debug for ImportedUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportedUser")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("status", &self.status)
+            .field("quota", &self.quota)
+            .field(
+                "token_hash",
+                &self.token_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 const SELECT_USERS: &str = "SELECT id, username, role, status, quota FROM mj_users";
@@ -159,8 +195,10 @@ pub struct SqlUserStore<P> {
 }
 
 /// One body for the three dialects: every statement here is portable SQL with bound values.
+/// `$sync_ids` moves the id sequence past explicitly written ids where the engine does not by
+/// itself (PostgreSQL's identity columns).
 macro_rules! impl_user_store {
-    ($db:ty) => {
+    ($db:ty, $sync_ids:expr) => {
         impl SqlUserStore<sqlx::Pool<$db>> {
             async fn update_user(
                 &self,
@@ -206,6 +244,29 @@ macro_rules! impl_user_store {
                 self.user_by_name(username)
                     .await?
                     .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+            }
+
+            async fn insert_user_with_id(&self, user: &ImportedUser) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let mut builder = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO mj_users (id, username, role, status, quota, token_hash, created_at) ",
+                );
+                builder.push_values(std::iter::once(user), |mut row, user| {
+                    row.push_bind(user.id)
+                        .push_bind(user.username.as_str())
+                        .push_bind(user.role)
+                        .push_bind(user.status)
+                        .push_bind(user.quota)
+                        .push_bind(user.token_hash.as_deref())
+                        .push_bind(mj_tasks::now_millis());
+                });
+                builder.build().execute(&mut *tx).await?;
+                let sync_ids: Option<&'static str> = $sync_ids;
+                if let Some(statement) = sync_ids {
+                    sqlx::raw_sql(statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn user_by_token_hash(
@@ -274,9 +335,12 @@ enum UpdateValue<'a> {
     Text(&'a str),
 }
 
-impl_user_store!(sqlx::Sqlite);
-impl_user_store!(sqlx::Postgres);
-impl_user_store!(sqlx::MySql);
+impl_user_store!(sqlx::Sqlite, None);
+impl_user_store!(
+    sqlx::Postgres,
+    Some("SELECT setval(pg_get_serial_sequence('mj_users', 'id'), MAX(id)) FROM mj_users")
+);
+impl_user_store!(sqlx::MySql, None);
 
 /// Applies the server's migrations on the store's database and returns its user store.
 pub async fn open_user_store(store: &SqlStore) -> Result<Arc<dyn UserStore>, StoreError> {

@@ -39,6 +39,7 @@ pub mod billing;
 pub mod bulk;
 pub mod channel;
 pub mod image;
+pub mod import;
 pub mod model;
 pub mod poller;
 pub mod query;
@@ -61,8 +62,8 @@ pub use store::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteTaskStore;
 pub use store::{
-    Backend, ChannelStore, PollStore, SettingStore, SqlPollStore, SqlStore, StoreError, TaskStore,
-    WriteOutcome, connect,
+    Backend, ChannelStore, ImportStore, PollStore, SettingStore, SqlPollStore, SqlStore,
+    StoreError, TaskStore, WriteOutcome, connect,
 };
 #[cfg(any(test, feature = "mock"))]
 pub use store::{MockChannelStore, MockPollStore, MockSettingStore, MockTaskStore};

@@ -17,6 +17,8 @@ use crate::query::{Page, PageRequest, TaskQuery};
 mod sql;
 #[macro_use]
 mod settings;
+#[macro_use]
+pub mod import;
 #[cfg(feature = "mysql")]
 mod mysql;
 pub mod poll;
@@ -25,6 +27,9 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
+#[cfg(any(test, feature = "mock"))]
+pub use import::MockImportStore;
+pub use import::{ClaimEntity, IdSpan, ImportClaim, ImportStore};
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlTaskStore;
 #[cfg(any(test, feature = "mock"))]
@@ -139,6 +144,12 @@ pub trait TaskStore: Send + Sync {
 
     /// Inserts many tasks in one transaction (chunked into multi-row inserts); returns how many.
     async fn insert_many(&self, tasks: &[NewTask]) -> Result<u64, StoreError>;
+
+    /// Inserts whole tasks with the ids and versions they carry (an import from another
+    /// database keeps its ids), in one transaction; returns how many. An id already taken fails
+    /// the whole call with [`StoreError::Conflict`]. A task is stored as finished (never polled)
+    /// when its status is terminal or its progress reads `100%`, new-api's own marker.
+    async fn insert_with_ids(&self, tasks: &[Task]) -> Result<u64, StoreError>;
 
     /// The task with this id.
     async fn get(&self, id: i64) -> Result<Option<Task>, StoreError>;
@@ -288,6 +299,11 @@ impl SqlStore {
 
     /// The store as a setting store.
     pub fn settings(&self) -> Arc<dyn SettingStore> {
+        shared_backend!(self)
+    }
+
+    /// The store as an import store (claims, channels with their ids).
+    pub fn imports(&self) -> Arc<dyn ImportStore> {
         shared_backend!(self)
     }
 

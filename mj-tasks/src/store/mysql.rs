@@ -63,6 +63,11 @@ impl MySqlTaskStore {
         Ok(())
     }
 
+    /// InnoDB moves `AUTO_INCREMENT` past explicitly written ids by itself.
+    pub(crate) fn sync_id_sequence(_table: &'static str) -> Option<&'static str> {
+        None
+    }
+
     /// The connection pool, for sharing with other tables of an embedding application.
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
@@ -82,3 +87,4 @@ impl MySqlTaskStore {
 
 impl_sql_stores!(MySqlTaskStore, sqlx::MySql);
 impl_setting_store!(MySqlTaskStore, sqlx::MySql);
+impl_import_store!(MySqlTaskStore, sqlx::MySql);

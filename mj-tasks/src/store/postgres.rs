@@ -67,6 +67,22 @@ impl PostgresTaskStore {
         Ok(())
     }
 
+    /// The statement that moves `table`'s identity sequence past rows written with explicit
+    /// ids (an import): PostgreSQL does not, and the next ordinary insert would collide.
+    pub(crate) fn sync_id_sequence(table: &'static str) -> Option<&'static str> {
+        match table {
+            "midjourneys" => Some(
+                "SELECT setval(pg_get_serial_sequence('midjourneys', 'id'), MAX(id)) \
+                 FROM midjourneys",
+            ),
+            "mj_channels" => Some(
+                "SELECT setval(pg_get_serial_sequence('mj_channels', 'id'), MAX(id)) \
+                 FROM mj_channels",
+            ),
+            _ => None,
+        }
+    }
+
     /// The connection pool, for sharing with other tables of an embedding application.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -83,3 +99,4 @@ impl PostgresTaskStore {
 
 impl_sql_stores!(PostgresTaskStore, sqlx::Postgres);
 impl_setting_store!(PostgresTaskStore, sqlx::Postgres);
+impl_import_store!(PostgresTaskStore, sqlx::Postgres);

@@ -40,6 +40,13 @@ pub(crate) const INSERT_TASKS: &str = "INSERT INTO midjourneys (code, user_id, a
     video_url, video_urls, status, progress, fail_reason, channel_id, quota, buttons, \
     properties, finished) ";
 
+/// The insert prefix of rows that keep their ids (imports); [`push_task_rows`] appends the
+/// `VALUES` list in this order.
+pub(crate) const INSERT_TASKS_WITH_IDS: &str = "INSERT INTO midjourneys (id, code, user_id, \
+    action, mj_id, prompt, prompt_en, description, state, submit_time, start_time, finish_time, \
+    image_url, video_url, video_urls, status, progress, fail_reason, channel_id, quota, buttons, \
+    properties, finished, version) ";
+
 pub(crate) const SELECT_CHANNELS: &str =
     "SELECT id, name, base_url, secret, enabled, created_at FROM mj_channels";
 
@@ -197,6 +204,49 @@ where
             .push_bind(task.buttons.as_str())
             .push_bind(task.properties.as_str())
             .push_bind(task.status.is_finished());
+    });
+}
+
+/// Whether an imported task is left alone by the poller: its status is terminal, or its progress
+/// reads `100%`, the one marker new-api's own poller stops at (whatever the status says).
+pub(crate) fn imported_as_finished(task: &Task) -> bool {
+    task.is_finished() || task.progress.as_str().trim() == "100%"
+}
+
+/// Appends `VALUES (...), (...)` for whole `tasks`, ids and versions included, in
+/// [`INSERT_TASKS_WITH_IDS`] column order.
+pub(crate) fn push_task_rows<DB>(builder: &mut QueryBuilder<DB>, tasks: &[Task])
+where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    bool: for<'t> Encode<'t, DB> + Type<DB>,
+    for<'s> &'s str: Encode<'s, DB> + Type<DB>,
+{
+    builder.push_values(tasks, |mut row, task| {
+        row.push_bind(task.id)
+            .push_bind(task.code)
+            .push_bind(task.user_id)
+            .push_bind(task.action.as_str())
+            .push_bind(task.mj_id.as_str())
+            .push_bind(task.prompt.as_str())
+            .push_bind(task.prompt_en.as_str())
+            .push_bind(task.description.as_str())
+            .push_bind(task.state.as_str())
+            .push_bind(task.submit_time)
+            .push_bind(task.start_time)
+            .push_bind(task.finish_time)
+            .push_bind(task.image_url.as_str())
+            .push_bind(task.video_url.as_str())
+            .push_bind(task.video_urls.as_str())
+            .push_bind(task.status.as_str())
+            .push_bind(task.progress.as_str())
+            .push_bind(task.fail_reason.as_str())
+            .push_bind(task.channel_id)
+            .push_bind(task.quota)
+            .push_bind(task.buttons.as_str())
+            .push_bind(task.properties.as_str())
+            .push_bind(imported_as_finished(task))
+            .push_bind(task.version);
     });
 }
 
@@ -498,6 +548,25 @@ macro_rules! impl_sql_stores {
                         sqlx::QueryBuilder::<$db>::new($crate::store::sql::INSERT_TASKS);
                     $crate::store::sql::push_task_values(&mut builder, chunk);
                     inserted += builder.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            async fn insert_with_ids(
+                &self,
+                tasks: &[$crate::Task],
+            ) -> Result<u64, $crate::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let mut inserted = 0;
+                for chunk in tasks.chunks($crate::store::sql::INSERT_CHUNK) {
+                    let mut builder =
+                        sqlx::QueryBuilder::<$db>::new($crate::store::sql::INSERT_TASKS_WITH_IDS);
+                    $crate::store::sql::push_task_rows(&mut builder, chunk);
+                    inserted += builder.build().execute(&mut *tx).await?.rows_affected();
+                }
+                if let Some(statement) = <$store>::sync_id_sequence("midjourneys") {
+                    sqlx::raw_sql(statement).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(inserted)

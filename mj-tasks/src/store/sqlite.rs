@@ -100,6 +100,12 @@ impl SqliteTaskStore {
         Ok(())
     }
 
+    /// SQLite gives the next row `MAX(id) + 1` by itself: nothing to catch up after rows were
+    /// written with explicit ids.
+    pub(crate) fn sync_id_sequence(_table: &'static str) -> Option<&'static str> {
+        None
+    }
+
     /// The connection pool, for sharing with other tables of an embedding application.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -214,3 +220,4 @@ fn spawn_periodic_optimize(pool: SqlitePool) {
 
 impl_sql_stores!(SqliteTaskStore, sqlx::Sqlite);
 impl_setting_store!(SqliteTaskStore, sqlx::Sqlite);
+impl_import_store!(SqliteTaskStore, sqlx::Sqlite);
