@@ -1,9 +1,11 @@
 //! The storage traits and their sqlx backends.
 //!
-//! [`TaskStore`] and [`ChannelStore`] are object safe and used as `Arc<dyn ...>`; the backends
-//! ([`SqliteTaskStore`], [`PostgresTaskStore`], [`MySqlTaskStore`]) implement both over one
-//! connection pool and share one query-building layer (`sql.rs`). [`connect`] picks the backend
-//! from a database URL and runs the migrations.
+//! [`TaskStore`], [`ChannelStore`] and [`SettingStore`] are object safe and used as
+//! `Arc<dyn ...>`. One generic store, [`SqlTaskStore`] (`tasks.rs`), implements them for every
+//! backend ([`SqliteTaskStore`], [`PostgresTaskStore`], [`MySqlTaskStore`]) over one
+//! statement-building layer (`sql.rs`, and `counts.rs` for exact totals) and a small dialect
+//! seam (`dialect.rs`). [`connect`] picks the backend from a database URL and runs the
+//! migrations.
 
 use std::sync::Arc;
 
@@ -14,18 +16,18 @@ use crate::model::{NewTask, Task};
 use crate::query::{Page, PageRequest, TaskQuery};
 
 #[macro_use]
-mod sql;
-#[macro_use]
-mod settings;
-#[macro_use]
+mod dialect;
+mod counts;
 pub mod import;
 #[cfg(feature = "mysql")]
 mod mysql;
 pub mod poll;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+mod tasks;
 
 #[cfg(any(test, feature = "mock"))]
 pub use import::MockImportStore;
@@ -39,6 +41,9 @@ pub use poll::{PollStore, SqlPollStore, WriteOutcome};
 pub use postgres::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteTaskStore;
+pub use tasks::SqlTaskStore;
+
+use dialect::Dialect;
 
 /// How long a request waits for a PostgreSQL or MariaDB connection before it fails as
 /// [`StoreError::Unavailable`]: during an outage every request (health checks too) fails in
@@ -271,64 +276,95 @@ pub enum SqlStore {
     MySql(MySqlTaskStore),
 }
 
-/// The backend store of a [`SqlStore`] behind an `Arc` of whichever trait object the caller
-/// returns (each backend type implements every store trait).
-macro_rules! shared_backend {
-    ($store:expr) => {
-        match $store {
-            #[cfg(feature = "sqlite")]
-            SqlStore::Sqlite(store) => Arc::new(store.clone()),
-            #[cfg(feature = "postgres")]
-            SqlStore::Postgres(store) => Arc::new(store.clone()),
-            #[cfg(feature = "mysql")]
-            SqlStore::MySql(store) => Arc::new(store.clone()),
-        }
-    };
+/// Something done with a [`SqlStore`]'s backend store, whichever backend it is: the one place
+/// that matches on the variants ([`SqlStore::with_backend`]).
+pub(crate) trait BackendVisitor {
+    /// What the visit yields.
+    type Output;
+    /// Does it with the backend's store.
+    fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output;
+}
+
+/// The store as a shared handle of each trait it implements.
+struct Handles;
+
+impl BackendVisitor for Handles {
+    type Output = (
+        Arc<dyn TaskStore>,
+        Arc<dyn ChannelStore>,
+        Arc<dyn SettingStore>,
+        Arc<dyn ImportStore>,
+    );
+    fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output {
+        (
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+        )
+    }
+}
+
+struct Close;
+
+impl BackendVisitor for Close {
+    type Output = futures_util::future::BoxFuture<'static, ()>;
+    fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output {
+        let pool = store.pool().clone();
+        Box::pin(async move { pool.close().await })
+    }
+}
+
+struct Which;
+
+impl BackendVisitor for Which {
+    type Output = Backend;
+    fn visit<D: Dialect>(self, _: &SqlTaskStore<D>) -> Backend {
+        D::BACKEND
+    }
 }
 
 impl SqlStore {
+    /// Runs `visitor` with the backend's store.
+    pub(crate) fn with_backend<V: BackendVisitor>(&self, visitor: V) -> V::Output {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => visitor.visit(store),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => visitor.visit(store),
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => visitor.visit(store),
+        }
+    }
+
     /// The store as a task store.
     pub fn tasks(&self) -> Arc<dyn TaskStore> {
-        shared_backend!(self)
+        self.with_backend(Handles).0
     }
 
     /// The store as a channel store.
     pub fn channels(&self) -> Arc<dyn ChannelStore> {
-        shared_backend!(self)
+        self.with_backend(Handles).1
     }
 
     /// The store as a setting store.
     pub fn settings(&self) -> Arc<dyn SettingStore> {
-        shared_backend!(self)
+        self.with_backend(Handles).2
     }
 
     /// The store as an import store (claims, channels with their ids).
     pub fn imports(&self) -> Arc<dyn ImportStore> {
-        shared_backend!(self)
+        self.with_backend(Handles).3
     }
 
     /// Which database this is.
     pub fn backend(&self) -> Backend {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(_) => Backend::Sqlite,
-            #[cfg(feature = "postgres")]
-            Self::Postgres(_) => Backend::Postgres,
-            #[cfg(feature = "mysql")]
-            Self::MySql(_) => Backend::MySql,
-        }
+        self.with_backend(Which)
     }
 
     /// Closes the pool, waiting for checked-out connections to come back.
     pub async fn close(&self) {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(store) => store.pool().close().await,
-            #[cfg(feature = "postgres")]
-            Self::Postgres(store) => store.pool().close().await,
-            #[cfg(feature = "mysql")]
-            Self::MySql(store) => store.pool().close().await,
-        }
+        self.with_backend(Close).await;
     }
 }
 
