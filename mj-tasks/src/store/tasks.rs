@@ -352,6 +352,15 @@ impl<D: Dialect> TaskStore for SqlTaskStore<D> {
         Ok(())
     }
 
+    async fn ping_write(&self) -> Result<(), StoreError> {
+        D::run_script(
+            &mut *self.pool.acquire().await?,
+            "UPDATE mj_leases SET expires_at = expires_at WHERE name = 'mj_poller'",
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn refresh_statistics(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         for &statement in D::REFRESH_STATISTICS {
