@@ -100,6 +100,10 @@ pub(crate) trait Dialect: RunStatements {
     /// would count a range's edge by walking every `SUCCESS`. PostgreSQL and MariaDB plan with
     /// real statistics and need nothing.
     const RANGE_ONLY_PREFIX: &'static str;
+    /// Whether the store keeps `mj_task_order` (how far submit times stray from id order), which
+    /// needs ids in commit order: SQLite's serialized writers give that, PostgreSQL's sequences
+    /// and InnoDB's auto-increment under concurrent inserts do not.
+    const TRACKS_SUBMIT_ORDER: bool;
     /// How a transaction that writes begins. Writes read the row they replace first (its
     /// counters change with it), so SQLite must take the write lock up front: a read lock
     /// cannot wait its way up to a write lock while another connection writes.

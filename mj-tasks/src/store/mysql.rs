@@ -38,6 +38,8 @@ impl Dialect for MySql {
 
     const RANGE_ONLY_PREFIX: &'static str = "";
 
+    const TRACKS_SUBMIT_ORDER: bool = false;
+
     const BEGIN_WRITE: &'static str = "BEGIN";
 
     // MySQL has no INSERT ... RETURNING (MariaDB's is 10.5+ only); the insert id comes back in

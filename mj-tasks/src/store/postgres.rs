@@ -41,6 +41,8 @@ impl Dialect for Postgres {
 
     const RANGE_ONLY_PREFIX: &'static str = "";
 
+    const TRACKS_SUBMIT_ORDER: bool = false;
+
     const BEGIN_WRITE: &'static str = "BEGIN";
 
     fn insert_returning_id(

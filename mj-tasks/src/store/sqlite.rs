@@ -44,6 +44,8 @@ impl Dialect for Sqlite {
 
     const RANGE_ONLY_PREFIX: &'static str = "+";
 
+    const TRACKS_SUBMIT_ORDER: bool = true;
+
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     fn insert_returning_id(
