@@ -384,8 +384,10 @@ fn push_conditions<D: Dialect>(
         RangeUse::Seek => ("submit_time >= ", "submit_time <= "),
         RangeUse::Filter => ("submit_time + 0 >= ", "submit_time + 0 <= "),
     };
-    // A seek on the range must not lose to a seek on a crowded status or action.
-    let text_prefix = if range == RangeUse::Seek && query.has_range() {
+    // A seek on an owner's or a channel's range must not lose to a seek on a crowded status or
+    // action; alone, a status or action seeks its own `(status, submit_time)` range.
+    let scoped = query.owner.is_some() || query.channel_id.is_some();
+    let text_prefix = if range == RangeUse::Seek && query.has_range() && scoped {
         D::RANGE_ONLY_PREFIX
     } else {
         ""
