@@ -682,6 +682,50 @@ async fn cursor_walks(store: &SqlStore, _: &TestDb) {
     }
 }
 
+/// Tasks whose submit times fall behind their ids (a late single insert, an import below the
+/// stored ids) top the range pages they belong to, although every other task follows id order:
+/// the range page's narrowed scan must widen for them.
+async fn late_submissions_stay_in_range_pages(store: &SqlStore, _: &TestDb) {
+    let tasks = store.tasks();
+    fixture(&tasks).await; // user 1: days 0..30, in id order
+    let range = TaskQuery::owned_by(1).submitted_between(Some(BASE_MS + 5 * DAY_MS), None);
+    let late = tasks
+        .insert(&NewTask {
+            submit_time: BASE_MS + 6 * DAY_MS,
+            ..task(1, 40)
+        })
+        .await
+        .unwrap();
+    let first = tasks
+        .list(&range, PageRequest::new(1, 3).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((first.total, first.items[0].id), (26, late.id));
+    // An import below every stored id, with the newest submit time of all.
+    let mut imported = tasks.get(late.id).await.unwrap().unwrap();
+    imported.id = -5;
+    imported.submit_time = BASE_MS + 60 * DAY_MS;
+    assert_eq!(tasks.insert_with_ids(&[imported]).await.unwrap(), 1);
+    let old_range =
+        TaskQuery::owned_by(1).submitted_between(Some(BASE_MS), Some(BASE_MS + 70 * DAY_MS));
+    let everything = tasks
+        .list(&old_range, PageRequest::new(1, 100).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((everything.total, everything.items.len()), (32, 32));
+    assert_eq!(everything.items.last().map(|t| t.id), Some(-5));
+    assert_eq!(everything.items[0].id, late.id);
+    let mut paged = Vec::new();
+    for p in 1..=11 {
+        let page = tasks
+            .list(&old_range, PageRequest::new(p, 3).unwrap())
+            .await
+            .unwrap();
+        paged.extend(ids(&page));
+    }
+    assert_eq!(paged, ids(&everything));
+}
+
 /// Planner statistics can be refreshed on every backend, and the lookups that must stay
 /// index probes are planned as such on SQLite, with or without statistics.
 async fn statistics_and_lookup_plans(store: &SqlStore, db: &TestDb) {
@@ -803,5 +847,6 @@ all_backends!(
     status_action_and_owner_filters,
     cursor_walks,
     statistics_and_lookup_plans,
+    late_submissions_stay_in_range_pages,
     migrations_are_idempotent_and_schemas_match,
 );

@@ -94,12 +94,16 @@ pub(crate) trait Dialect: RunStatements {
     const ADD_TO_EXISTING_COUNT: &'static str;
     /// The SQL type a sum is cast to so that it decodes as `i64`.
     const INTEGER_TYPE: &'static str;
-    /// Written before `status` and `action` in a time-range condition so that the planner
-    /// cannot use their indexes there, only the range's: SQLite's sampled statistics
+    /// Written before `status` and `action` in an owner's or a channel's time-range condition
+    /// so that the planner cannot use their indexes there, only the range's: SQLite's sampled statistics
     /// (`analysis_limit`) cannot tell a status held by nine tasks in ten from a rare one, and
     /// would count a range's edge by walking every `SUCCESS`. PostgreSQL and MariaDB plan with
     /// real statistics and need nothing.
     const RANGE_ONLY_PREFIX: &'static str;
+    /// Whether the store keeps `mj_task_order` (how far submit times stray from id order), which
+    /// needs ids in commit order: SQLite's serialized writers give that, PostgreSQL's sequences
+    /// and InnoDB's auto-increment under concurrent inserts do not.
+    const TRACKS_SUBMIT_ORDER: bool;
     /// How a transaction that writes begins. Writes read the row they replace first (its
     /// counters change with it), so SQLite must take the write lock up front: a read lock
     /// cannot wait its way up to a write lock while another connection writes.

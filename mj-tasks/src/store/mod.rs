@@ -49,6 +49,11 @@ pub use tasks::SqlTaskStore;
 
 use dialect::Dialect;
 
+/// How long a request waits for a PostgreSQL or MariaDB connection before it fails as
+/// [`StoreError::Unavailable`]: during an outage every request (health checks too) fails in
+/// about this time instead of queueing; once the server is back the next request connects.
+pub const NETWORK_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What can go wrong in a store. Database text is kept as a source for logs; callers answering
 /// HTTP should map variants, never print the source to a client.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,10 @@ pub enum StoreError {
     /// The database could not be reached (connection refused, pool timed out, I/O error).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database answers but refuses writes for now: a read-only file, mount or replica, or
+    /// a full disk. Reads may still work; it passes once the cause is gone.
+    #[error("database does not accept writes")]
+    NotWritable(#[source] sqlx::Error),
     /// A unique constraint was violated (for example a duplicate user name).
     #[error("conflict with an existing row")]
     Conflict(#[source] sqlx::Error),
@@ -81,6 +90,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
             sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(error),
+            sqlx::Error::Database(db) if refuses_writes(db.as_ref()) => Self::NotWritable(error),
             _ => Self::Database(error),
         }
     }
@@ -97,10 +107,49 @@ impl From<crate::billing::LedgerError> for StoreError {
     }
 }
 
+/// Whether a database error says writes are refused for now, in each engine's own terms.
+fn refuses_writes(error: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "sqlite")]
+    if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        // Primary result codes (the low byte of extended ones): SQLITE_READONLY, SQLITE_FULL.
+        let primary = error
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .map(|code| code & 0xff);
+        return matches!(primary, Some(8 | 13));
+    }
+    #[cfg(feature = "postgres")]
+    if error
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        // read_only_sql_transaction (a standby, default_transaction_read_only), disk_full,
+        // insufficient_resources.
+        return matches!(error.code().as_deref(), Some("25006" | "53100" | "53000"));
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(error) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // ER_OPTION_PREVENTS_STATEMENT (--read-only), ER_OPEN_AS_READONLY, ER_RECORD_FILE_FULL,
+        // ER_DISK_FULL, ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION.
+        return matches!(error.number(), 1290 | 1036 | 1114 | 1021 | 1792);
+    }
+    let _ = error;
+    false
+}
+
 impl StoreError {
     /// Whether the error means the database is unreachable (HTTP 503) rather than a bug.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    /// Whether the error means the database refuses writes for now (HTTP 503), see
+    /// [`Self::NotWritable`].
+    pub fn is_not_writable(&self) -> bool {
+        matches!(self, Self::NotWritable(_))
     }
 }
 
@@ -150,6 +199,11 @@ pub trait TaskStore: Send + Sync {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether the database accepts writes now: a write that changes nothing (it rewrites the
+    /// poller's lease row as it is), so a read-only file, mount or replica, and on SQLite a full
+    /// disk, show up as [`StoreError::NotWritable`] before a client's write meets them.
+    async fn ping_write(&self) -> Result<(), StoreError>;
 
     /// Brings the planner's statistics of the task tables up to date (SQLite `ANALYZE` within
     /// its analysis limit, PostgreSQL `VACUUM (ANALYZE)`, MariaDB `ANALYZE TABLE`). Normal

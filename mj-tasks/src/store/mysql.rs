@@ -1,7 +1,5 @@
 //! The MySQL / MariaDB backend.
 
-use std::time::Duration;
-
 use futures_util::future::BoxFuture;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{MySql, MySqlConnection, QueryBuilder};
@@ -39,6 +37,8 @@ impl Dialect for MySql {
     const INTEGER_TYPE: &'static str = "SIGNED";
 
     const RANGE_ONLY_PREFIX: &'static str = "";
+
+    const TRACKS_SUBMIT_ORDER: bool = false;
 
     const BEGIN_WRITE: &'static str = "BEGIN";
 
@@ -83,7 +83,7 @@ impl SqlTaskStore<MySql> {
         };
         let pool = MySqlPoolOptions::new()
             .max_connections(10)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(crate::store::NETWORK_ACQUIRE_TIMEOUT)
             .connect(&url)
             .await?;
         let store = Self::from_pool(pool);

@@ -1,7 +1,6 @@
 //! The PostgreSQL backend.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -41,6 +40,8 @@ impl Dialect for Postgres {
     const INTEGER_TYPE: &'static str = "BIGINT";
 
     const RANGE_ONLY_PREFIX: &'static str = "";
+
+    const TRACKS_SUBMIT_ORDER: bool = false;
 
     const BEGIN_WRITE: &'static str = "BEGIN";
 
@@ -93,7 +94,7 @@ impl SqlTaskStore<Postgres> {
         }
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(crate::store::NETWORK_ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         let store = Self::from_pool(pool);

@@ -318,6 +318,50 @@ pub(crate) fn push_where<D: Dialect>(
     push_conditions(builder, query, before_id, values, RangeUse::Seek);
 }
 
+/// Appends the subquery of a range page's lower `id` bound: the smallest id among the `wanted`
+/// newest entries of the range's index, after the cursor when there is one (see [`push_page`]).
+fn push_id_bound<D: Dialect>(
+    builder: &mut QueryBuilder<D>,
+    query: &TaskQuery,
+    cursor: Option<crate::query::CursorPosition>,
+    wanted: i64,
+) {
+    builder.push("(SELECT ");
+    match cursor {
+        None => {
+            // Fewer than `wanted` entries are the whole range: their minimum still bounds.
+            builder.push("MIN(id) FROM (SELECT id FROM midjourneys");
+            push_where(builder, query, None, FilterValues::Bound);
+        }
+        Some(position) => {
+            // After a cursor the index walk starts at the cursor's submit time instead of the
+            // range's end (one upper bound: planners seek on only one), so deep pages cost what
+            // the first does. Fewer than `wanted` entries there prove nothing about the rest:
+            // then there is no bound.
+            let upper = query.submitted_to.map_or(position.last_submit_time, |to| {
+                to.min(position.last_submit_time)
+            });
+            let from_cursor = query
+                .clone()
+                .submitted_between(query.submitted_from, Some(upper));
+            builder.push("CASE WHEN COUNT(*) < ");
+            D::bind_int(builder, wanted);
+            builder.push(" THEN ");
+            D::bind_int(builder, i64::MIN);
+            builder.push(" ELSE MIN(id) END FROM (SELECT id FROM midjourneys");
+            push_where(
+                builder,
+                &from_cursor,
+                Some(position.last_id),
+                FilterValues::Bound,
+            );
+        }
+    }
+    builder.push(" ORDER BY submit_time DESC LIMIT ");
+    D::bind_int(builder, wanted);
+    builder.push(") newest)");
+}
+
 /// How the time range of a `WHERE` clause may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RangeUse {
@@ -328,19 +372,22 @@ enum RangeUse {
     Filter,
 }
 
+/// Appends the conditions; whether it wrote any (and so the `WHERE`).
 fn push_conditions<D: Dialect>(
     builder: &mut QueryBuilder<D>,
     query: &TaskQuery,
     before_id: Option<i64>,
     values: FilterValues,
     range: RangeUse,
-) {
+) -> bool {
     let (from_column, to_column) = match range {
         RangeUse::Seek => ("submit_time >= ", "submit_time <= "),
         RangeUse::Filter => ("submit_time + 0 >= ", "submit_time + 0 <= "),
     };
-    // A seek on the range must not lose to a seek on a crowded status or action.
-    let text_prefix = if range == RangeUse::Seek && query.has_range() {
+    // A seek on an owner's or a channel's range must not lose to a seek on a crowded status or
+    // action; alone, a status or action seeks its own `(status, submit_time)` range.
+    let scoped = query.owner.is_some() || query.channel_id.is_some();
+    let text_prefix = if range == RangeUse::Seek && query.has_range() && scoped {
         D::RANGE_ONLY_PREFIX
     } else {
         ""
@@ -372,6 +419,7 @@ fn push_conditions<D: Dialect>(
         keyword = " AND ";
         push_value(builder, values, value);
     }
+    keyword == " AND "
 }
 
 /// `value` as a MySQL `utf8mb4` string literal spelled in hex (see [`FilterValues`]).
@@ -410,7 +458,7 @@ pub(crate) fn push_page<D: Dialect>(
     if page.offset() == 0 && !query.has_range() {
         push_where(builder, query, before_id, FilterValues::Bound);
         builder.push(" ORDER BY id DESC LIMIT ");
-        D::bind_int(builder, limit);
+        push_page_limit(builder, limit);
         return;
     }
     // The derived table exposes only `page_id`, so the outer column list stays unqualified.
@@ -420,55 +468,70 @@ pub(crate) fn push_page<D: Dialect>(
     } else {
         RangeUse::Seek
     };
-    push_conditions(builder, query, before_id, FilterValues::Bound, range_use);
     if query.has_range() {
         let wanted = to_i64(
             u64::try_from(limit)
                 .unwrap_or(0)
                 .saturating_add(page.offset()),
         );
-        // The range's own conditions have opened the `WHERE`.
-        builder.push(match range_use {
-            RangeUse::Seek => " AND id + 0 >= (SELECT ",
-            RangeUse::Filter => " AND id >= (SELECT ",
-        });
-        match cursor {
-            None => {
-                // Fewer than `wanted` entries are the whole range: their minimum still bounds.
-                builder.push("MIN(id) FROM (SELECT id FROM midjourneys");
-                push_where(builder, query, None, FilterValues::Bound);
-            }
-            Some(position) => {
-                // After a cursor the index walk starts at the cursor's submit time instead of
-                // the range's end (one upper bound: planners seek on only one), so deep pages
-                // cost what the first does. Fewer than `wanted` entries there prove nothing
-                // about the rest: then there is no bound.
-                let upper = query.submitted_to.map_or(position.last_submit_time, |to| {
-                    to.min(position.last_submit_time)
-                });
-                let from_cursor = query
-                    .clone()
-                    .submitted_between(query.submitted_from, Some(upper));
-                builder.push("CASE WHEN COUNT(*) < ");
-                D::bind_int(builder, wanted);
-                builder.push(" THEN ");
-                D::bind_int(builder, i64::MIN);
-                builder.push(" ELSE MIN(id) END FROM (SELECT id FROM midjourneys");
-                push_where(builder, &from_cursor, before_id, FilterValues::Bound);
-            }
+        let narrowed = range_use == RangeUse::Seek && D::TRACKS_SUBMIT_ORDER;
+        let conditions = if narrowed {
+            // The start is written below; an end is always written, so that the range's index
+            // stays the one to seek (see `RANGE_ONLY_PREFIX`).
+            let to = query.submitted_to.unwrap_or(i64::MAX);
+            query.clone().submitted_between(None, Some(to))
+        } else {
+            query.clone()
+        };
+        let opened = push_conditions(
+            builder,
+            &conditions,
+            before_id,
+            FilterValues::Bound,
+            range_use,
+        );
+        if narrowed {
+            // Every task at or above the bound was submitted at or after the bound's own submit
+            // time less the store's recorded lateness (`mj_task_order`): the range is read from
+            // there, not from its start, which is about a page of entries when times follow
+            // ids, however long the range.
+            let from = query.submitted_from.unwrap_or(i64::MIN);
+            debug_assert!(opened, "the range's end opened the WHERE");
+            builder.push(" AND submit_time >= MAX(");
+            D::bind_int(builder, from);
+            builder.push(
+                ", COALESCE((SELECT bound.submit_time - task_order.max_lateness \
+                FROM midjourneys bound, mj_task_order task_order WHERE bound.id = ",
+            );
+            push_id_bound(builder, query, cursor, wanted);
+            builder.push("), ");
+            D::bind_int(builder, from);
+            builder.push("))");
         }
-        builder.push(" ORDER BY submit_time DESC LIMIT ");
-        D::bind_int(builder, wanted);
-        builder.push(") newest)");
+        builder.push(match range_use {
+            RangeUse::Seek => " AND id + 0 >= ",
+            RangeUse::Filter => " AND id >= ",
+        });
+        push_id_bound(builder, query, cursor, wanted);
+    } else {
+        push_conditions(builder, query, before_id, FilterValues::Bound, range_use);
     }
     builder.push(match range_use {
         RangeUse::Seek if query.has_range() => " ORDER BY id + 0 DESC LIMIT ",
         _ => " ORDER BY id DESC LIMIT ",
     });
-    D::bind_int(builder, limit);
+    push_page_limit(builder, limit);
     builder.push(" OFFSET ");
     D::bind_int(builder, to_i64(page.offset()));
     builder.push(") page_ids ON id = page_ids.page_id ORDER BY id DESC");
+}
+
+/// Writes a page's `LIMIT` (page size + 1, at most a few hundred distinct values) into the SQL
+/// text. SQLite re-prepares a statement whose `LIMIT` is a bound parameter on every execution
+/// (the value may change its plan): a fifth of the CPU of a list request served over HTTP. As a
+/// literal, each page size is one cached statement.
+fn push_page_limit<D: Dialect>(builder: &mut QueryBuilder<D>, limit: i64) {
+    builder.push(limit);
 }
 
 /// Converts a count or offset for binding; every value we produce fits.

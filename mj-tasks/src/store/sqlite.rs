@@ -44,6 +44,8 @@ impl Dialect for Sqlite {
 
     const RANGE_ONLY_PREFIX: &'static str = "+";
 
+    const TRACKS_SUBMIT_ORDER: bool = true;
+
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     fn insert_returning_id(
@@ -67,6 +69,73 @@ impl Dialect for Sqlite {
 /// Rows `ANALYZE` reads per index, the value SQLite recommends: enough for the planner to
 /// tell a unique-ish index (`mj_id`) from a crowded one (a heavy user's).
 pub(crate) const ANALYSIS_LIMIT: u32 = 400;
+
+/// Recycles connections SQLite opened read-only.
+///
+/// SQLite opens a file it cannot write read-only instead of failing, and such a connection
+/// stays read-only for its whole life: after a read-only spell (a protected file, a read-only
+/// mount) the pool would keep refusing writes long after the file is writable again. So every
+/// new connection checks whether the file is writable, as SQLite just did; when one was not,
+/// connections opened until then are dropped on their next acquire once the file is writable,
+/// and the pool opens fresh, writable ones by itself.
+struct ReadOnlyOpens {
+    path: std::path::PathBuf,
+    epoch: std::time::Instant,
+    /// Milliseconds after `epoch` of the last connection opened on a file that was not
+    /// writable; 0 = never.
+    last_read_only_open: std::sync::atomic::AtomicU64,
+}
+
+impl ReadOnlyOpens {
+    fn watch(pool: SqlitePoolOptions, path: std::path::PathBuf) -> SqlitePoolOptions {
+        let watch = std::sync::Arc::new(Self {
+            path,
+            epoch: std::time::Instant::now(),
+            last_read_only_open: std::sync::atomic::AtomicU64::new(0),
+        });
+        let on_connect = watch.clone();
+        pool.after_connect(move |_, _| {
+            let watch = on_connect.clone();
+            Box::pin(async move {
+                if !watch.file_is_writable() {
+                    let now = watch.millis(std::time::Duration::ZERO).max(1);
+                    watch
+                        .last_read_only_open
+                        .store(now, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .before_acquire(move |_, meta| {
+            let watch = watch.clone();
+            Box::pin(async move {
+                let last = watch
+                    .last_read_only_open
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                // The usual case costs this one load.
+                if last == 0 || watch.millis(meta.age) > last {
+                    return Ok(true);
+                }
+                // Opened while the file was read-only: keep it only while that lasts.
+                Ok(!watch.file_is_writable())
+            })
+        })
+    }
+
+    /// Milliseconds after the epoch of the moment `ago` before now.
+    fn millis(&self, ago: std::time::Duration) -> u64 {
+        let at = self.epoch.elapsed().saturating_sub(ago);
+        u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the file opens for writing, which is what SQLite tries first.
+    fn file_is_writable(&self) -> bool {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .is_ok()
+    }
+}
 
 /// `PRAGMA optimize` at open looks at every table (0x10000), not only those the connection has
 /// used, and analyzes where needed (0x02): a file left without statistics, as a bulk load leaves
@@ -108,7 +177,10 @@ impl SqlTaskStore<Sqlite> {
                 .idle_timeout(None)
                 .max_lifetime(None)
         } else {
-            SqlitePoolOptions::new().max_connections(8)
+            ReadOnlyOpens::watch(
+                SqlitePoolOptions::new().max_connections(8),
+                options.get_filename().to_path_buf(),
+            )
         };
         let pool = pool_options
             .acquire_timeout(Duration::from_secs(10))

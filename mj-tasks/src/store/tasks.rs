@@ -143,7 +143,55 @@ async fn insert_counted<D: Dialect>(
         chunk.iter().for_each(|task| deltas.add(task, 1));
     }
     apply::<D>(conn, &deltas).await?;
+    record_order::<D>(conn, tasks.iter().map(|task| task.submit_time), false).await?;
     Ok(inserted)
+}
+
+/// Records in `mj_task_order` ([`Dialect::TRACKS_SUBMIT_ORDER`]) how far the submit times of
+/// `tasks`, inserted on `conn` in this order of ids, stray from id order. `below_existing` says
+/// that their ids may fall below stored ones (an import), which widens the record to every
+/// pair of old and new task.
+async fn record_order<D: Dialect>(
+    conn: &mut D::Connection,
+    submit_times: impl Iterator<Item = i64>,
+    below_existing: bool,
+) -> Result<(), StoreError> {
+    if !D::TRACKS_SUBMIT_ORDER {
+        return Ok(());
+    }
+    let (mut min, mut max, mut lateness) = (None::<i64>, None::<i64>, 0i64);
+    for time in submit_times {
+        if let Some(earlier) = max {
+            lateness = lateness.max(earlier.saturating_sub(time));
+        }
+        min = Some(min.map_or(time, |min| min.min(time)));
+        max = Some(max.map_or(time, |max| max.max(time)));
+    }
+    let (Some(min), Some(max)) = (min, max) else {
+        return Ok(());
+    };
+    let mut update =
+        QueryBuilder::<D>::new("UPDATE mj_task_order SET max_lateness = MAX(max_lateness, ");
+    D::bind_int(&mut update, lateness);
+    update.push(", COALESCE(max_submit_time - ");
+    D::bind_int(&mut update, min);
+    update.push(", 0), CASE WHEN ");
+    D::bind_flag(&mut update, below_existing);
+    update.push(" THEN COALESCE(");
+    D::bind_int(&mut update, max);
+    update.push(
+        " - min_submit_time, 0) ELSE 0 END), min_submit_time = MIN(COALESCE(min_submit_time, ",
+    );
+    D::bind_int(&mut update, min);
+    update.push("), ");
+    D::bind_int(&mut update, min);
+    update.push("), max_submit_time = MAX(COALESCE(max_submit_time, ");
+    D::bind_int(&mut update, max);
+    update.push("), ");
+    D::bind_int(&mut update, max);
+    update.push(") WHERE id = 1");
+    D::execute(conn, update).await?;
+    Ok(())
 }
 
 /// Applies counter changes on `conn`: once per transaction, at its end, so that concurrent
@@ -197,6 +245,7 @@ impl<D: Dialect> TaskStore for SqlTaskStore<D> {
         let mut deltas = Deltas::default();
         deltas.add(task, 1);
         apply::<D>(&mut tx, &deltas).await?;
+        record_order::<D>(&mut tx, std::iter::once(task.submit_time), false).await?;
         tx.commit().await?;
         Ok(Task {
             id,
@@ -221,6 +270,9 @@ impl<D: Dialect> TaskStore for SqlTaskStore<D> {
             chunk.iter().for_each(|task| deltas.add(task, 1));
         }
         apply::<D>(&mut tx, &deltas).await?;
+        let mut by_id: Vec<&Task> = tasks.iter().collect();
+        by_id.sort_by_key(|task| task.id);
+        record_order::<D>(&mut tx, by_id.iter().map(|task| task.submit_time), true).await?;
         if let Some(statement) = D::sync_id_sequence("midjourneys") {
             D::run_script(&mut tx, statement).await?;
         }
@@ -297,6 +349,15 @@ impl<D: Dialect> TaskStore for SqlTaskStore<D> {
 
     async fn ping(&self) -> Result<(), StoreError> {
         D::run_script(&mut *self.pool.acquire().await?, "SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn ping_write(&self) -> Result<(), StoreError> {
+        D::run_script(
+            &mut *self.pool.acquire().await?,
+            "UPDATE mj_leases SET expires_at = expires_at WHERE name = 'mj_poller'",
+        )
+        .await?;
         Ok(())
     }
 
