@@ -84,11 +84,20 @@ async fn main() {
                 .unwrap();
             reset_peak_rss();
             let started = Instant::now();
-            mj_tasks_server::import::run(&store, users.as_ref(), source.url(), 5000, false)
-                .await
-                .unwrap();
+            mj_tasks_server::import::run(
+                &store,
+                users.as_ref(),
+                target.url(),
+                source.url(),
+                5000,
+                false,
+            )
+            .await
+            .unwrap();
             let seconds = started.elapsed().as_secs_f64();
             let peak = peak_rss_kib().unwrap_or(0);
+            // The command closed its store once the users and channels were in.
+            let store = mj_tasks::connect(target.url()).await.unwrap();
             let count = store.tasks().count(&TaskQuery::all()).await.unwrap();
             assert_eq!(count, source.task_count());
             println!(
