@@ -576,7 +576,7 @@ impl Bed {
                 .expect("seeded ids are 1..=N");
             let query = TaskQuery::all().with_mj_id(task.mj_id.clone());
             if self.tasks.count(&query).await.expect("ours: count") == 1 {
-                return (task.mj_id, task.user_id);
+                return (task.mj_id.clone(), task.user_id);
             }
             id += 1;
         }

@@ -8,6 +8,7 @@ use mj_tasks::{
 };
 
 use crate::config::Settings;
+use crate::token_cache::CachedUserStore;
 use crate::{images, ledger, users};
 
 /// Everything a request handler needs; cheap to clone.
@@ -54,7 +55,10 @@ impl App {
         // Before any reqwest client is built anywhere in the process (reqwest panics without).
         mj_tasks::image::install_crypto_provider();
         let store = mj_tasks::connect(&settings.database_url).await?;
-        let users = users::open_user_store(&store).await?;
+        let users = CachedUserStore::wrap(
+            users::open_user_store(&store).await?,
+            std::time::Duration::from_millis(settings.token_cache_ms),
+        );
         let images = images::Images::open(&settings, &store).await?;
         let ledger = ledger::open_ledger(&store)?;
         let poll_store = Arc::new(SqlPollStore::new(store.clone(), ledger.clone()));

@@ -11,6 +11,7 @@ pub mod images;
 pub mod import;
 pub mod ledger;
 pub mod server;
+pub mod token_cache;
 pub mod users;
 
 pub use app::{App, OpenError};

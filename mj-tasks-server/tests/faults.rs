@@ -20,7 +20,13 @@ struct Env {
 impl Env {
     async fn new(kind: Kind) -> Option<Self> {
         let db = TestDb::open(kind).await?;
-        let mut settings = Settings::with_database_url(db.url());
+        let url = db.url().to_owned();
+        Some(Self::open(db, &url).await)
+    }
+
+    /// The server on `db`, connecting through `url` (the database's own, or a proxy's).
+    async fn open(db: TestDb, url: &str) -> Self {
+        let mut settings = Settings::with_database_url(url);
         settings.poll_interval_secs = 0;
         let app = App::open(settings).await.unwrap();
         let token = AccessToken::generate();
@@ -46,11 +52,11 @@ impl Env {
             })
             .await
             .unwrap();
-        Some(Self {
+        Self {
             app,
             user: (user, token.reveal().to_owned()),
             _db: db,
-        })
+        }
     }
 
     async fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -485,4 +491,195 @@ async fn sigterm_has_a_deadline() {
     );
     // The held request was cut off, not answered after the deadline.
     assert!(submit.await.unwrap().is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database outages.
+
+/// During a PostgreSQL/MariaDB outage every request blocked 10 s on the pool before its 503.
+/// With the database behind a proxy of the test's own, stopped and resumed: `/healthz` and
+/// reads fail fast with a clear 503, and answer again at once when the database is back.
+async fn outage_fails_fast_and_recovers(kind: Kind) {
+    use std::time::{Duration, Instant};
+    use test_support::tcp_proxy::{TcpProxy, url_through};
+    let Some(db) = TestDb::open(kind).await else {
+        return;
+    };
+    let target = db.url().split_once("://").unwrap().1;
+    let target = target[target.rfind('@').map_or(0, |at| at + 1)..]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut proxy = TcpProxy::start(target).await;
+    let url = url_through(db.url(), proxy.addr);
+    let env = Env::open(db, &url).await;
+    assert_eq!(env.request("GET", "/healthz", None).await.0, 200);
+    assert_eq!(env.request("GET", "/api/mj/self", None).await.0, 200);
+
+    proxy.stop().await;
+    for path in ["/healthz", "/api/mj/self", "/mj/task/1/fetch"] {
+        let started = Instant::now();
+        let (status, body) = env.request("GET", path, None).await;
+        let took = started.elapsed();
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(took < Duration::from_secs(5), "{path} took {took:?}");
+        let text = body.to_string();
+        assert!(
+            text.contains("unavailable") || text.contains("unreachable"),
+            "{text}"
+        );
+    }
+
+    proxy.resume().await;
+    let started = Instant::now();
+    assert_eq!(env.request("GET", "/healthz", None).await.0, 200);
+    assert_eq!(env.request("GET", "/api/mj/self", None).await.0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "recovered at once"
+    );
+}
+
+#[tokio::test]
+async fn outage_fails_fast_and_recovers_postgres() {
+    outage_fails_fast_and_recovers(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn outage_fails_fast_and_recovers_mysql() {
+    outage_fails_fast_and_recovers(Kind::MySql).await;
+}
+
+/// Marks files immutable (`chattr +i`: read-only even for root) until dropped.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    /// `None` where the machine does not allow it (not root, a filesystem without attributes).
+    fn set(files: Vec<std::path::PathBuf>) -> Option<Self> {
+        let guard = Self(Vec::new());
+        let mut guard = guard;
+        for file in files {
+            let done = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(&file)
+                .status()
+                .is_ok_and(|status| status.success());
+            if !done {
+                return None;
+            }
+            guard.0.push(file);
+        }
+        Some(guard)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(file)
+                .status();
+        }
+    }
+}
+
+/// SQLite made read-only and back: the connections the pool opened meanwhile stayed read-only
+/// until a restart (8 of 12 writes still failed 40 s later), writes answered 500 and
+/// `/healthz` 200. Now writes are a clear 503, `/healthz` says the database is not writable,
+/// and the pool recovers by itself once the file is writable again.
+#[tokio::test]
+async fn sqlite_read_only_and_back() {
+    let env = Env::new(Kind::Sqlite).await.unwrap();
+    let mj_tasks::SqlStore::Sqlite(sqlite) = &env.app.store else {
+        unreachable!()
+    };
+    let pool = sqlite.pool().clone();
+    let file = std::path::PathBuf::from(env._db.url().trim_start_matches("sqlite://"));
+    // The database file only: SQLite maps `-shm`, which must stay writable.
+    let files = vec![file];
+    env.app
+        .channels
+        .add_channel(&mj_tasks::NewChannel {
+            name: "never called".into(),
+            base_url: "http://127.0.0.1:9".into(),
+            secret: "s".into(),
+        })
+        .await
+        .unwrap();
+    env.app
+        .users
+        .set_quota(&env.user.0.username, 1_000_000)
+        .await
+        .unwrap();
+    let Some(read_only) = Immutable::set(files) else {
+        eprintln!("skipped: chattr +i is not allowed here");
+        return;
+    };
+
+    // Fill the pool with connections opened now (read-only), and take the older ones, which
+    // SQLite opened writable, out of the pool. They stay open until the end: SQLite hands the
+    // descriptors of closed connections to the next connection it opens on the same file.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    let mut writable_ones = Vec::new();
+    for mut connection in held {
+        let writable = sqlx::query("UPDATE mj_leases SET expires_at = expires_at")
+            .execute(&mut *connection)
+            .await
+            .is_ok();
+        if writable {
+            writable_ones.push(connection.detach());
+        }
+    }
+
+    let (status, body) = env.request("GET", "/healthz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["database"], "not writable");
+    let (status, body) = env.request("GET", "/api/mj/self", None).await;
+    assert_eq!(status, 200, "reads still work: {body}");
+    let new_task = || NewTask {
+        user_id: env.user.0.id,
+        mj_id: "mj-2".into(),
+        buttons: "[]".into(),
+        properties: "{}".into(),
+        ..NewTask::default()
+    };
+    let refused = env.app.tasks.insert(&new_task()).await.unwrap_err();
+    assert!(refused.is_not_writable(), "{refused:?}");
+    // A submit reserves quota first: that write is refused with a clear 503 SubmitResult.
+    let (status, body) = env
+        .request(
+            "POST",
+            "/mj/submit/imagine",
+            Some(json!({"prompt": "a fox"})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(is_submit_result(&body), "{body}");
+    let description = body["description"].as_str().unwrap();
+    assert!(
+        description.contains("does not accept writes"),
+        "{description}"
+    );
+    let (status, body) = env.request("GET", "/healthz", None).await;
+    assert_eq!(
+        (status, body["database"].clone()),
+        (503, json!("not writable"))
+    );
+
+    drop(read_only);
+    drop(writable_ones);
+    // Back: every write succeeds at once, through whichever pooled connection.
+    let (status, body) = env.request("GET", "/healthz", None).await;
+    assert_eq!(status, 200, "{body}");
+    let tasks: Vec<NewTask> = (0..12).map(|_| new_task()).collect();
+    let writes = tasks.iter().map(|task| env.app.tasks.insert(task));
+    for result in futures_util::future::join_all(writes).await {
+        result.unwrap();
+    }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use mj_tasks::{Channel, Progress, SqlStore, Task, TaskAction, TaskQuery, TaskStatus};
+use mj_tasks::{Channel, NewTask, Progress, SqlStore, Task, TaskAction, TaskQuery, TaskStatus};
 use mj_tasks_server::users::{UserStore, hash_token, open_user_store};
 use mj_tasks_server::{App, Settings};
 use serde_json::Value;
@@ -50,28 +50,30 @@ fn succeeded(output: Output) -> String {
 fn expected(row: &TaskRow) -> Task {
     Task {
         id: row.id,
-        code: row.code,
-        user_id: row.user_id,
-        action: TaskAction::from(row.action.as_str()),
-        mj_id: row.mj_id.clone(),
-        prompt: row.prompt.clone(),
-        prompt_en: row.prompt_en.clone(),
-        description: row.description.clone(),
-        state: row.state.clone(),
-        submit_time: row.submit_time,
-        start_time: row.start_time,
-        finish_time: row.finish_time,
-        image_url: row.image_url.clone(),
-        video_url: row.video_url.clone().unwrap_or_default(),
-        video_urls: row.video_urls.clone().unwrap_or_default(),
-        status: TaskStatus::from(row.status.as_str()),
-        progress: Progress::from(row.progress.as_str()),
-        fail_reason: row.fail_reason.clone(),
-        channel_id: row.channel_id,
-        quota: row.quota,
-        buttons: row.buttons.clone(),
-        properties: row.properties.clone(),
         version: 0,
+        fields: NewTask {
+            code: row.code,
+            user_id: row.user_id,
+            action: TaskAction::from(row.action.as_str()),
+            mj_id: row.mj_id.clone(),
+            prompt: row.prompt.clone(),
+            prompt_en: row.prompt_en.clone(),
+            description: row.description.clone(),
+            state: row.state.clone(),
+            submit_time: row.submit_time,
+            start_time: row.start_time,
+            finish_time: row.finish_time,
+            image_url: row.image_url.clone(),
+            video_url: row.video_url.clone().unwrap_or_default(),
+            video_urls: row.video_urls.clone().unwrap_or_default(),
+            status: TaskStatus::from(row.status.as_str()),
+            progress: Progress::from(row.progress.as_str()),
+            fail_reason: row.fail_reason.clone(),
+            channel_id: row.channel_id,
+            quota: row.quota,
+            buttons: row.buttons.clone(),
+            properties: row.properties.clone(),
+        },
     }
 }
 
@@ -446,7 +448,13 @@ async fn imported_data_is_served_and_polled() {
 
     let mut status = TaskStatus::default();
     for _ in 0..150 {
-        status = tasks.get(UNFINISHED_TASK_ID).await.unwrap().unwrap().status;
+        status = tasks
+            .get(UNFINISHED_TASK_ID)
+            .await
+            .unwrap()
+            .unwrap()
+            .fields
+            .status;
         if status == TaskStatus::Success {
             break;
         }

@@ -278,7 +278,7 @@ async fn submit_poll_success(kind: Kind) {
     assert_eq!((status, body["code"].as_i64()), (200, Some(1)), "{body}");
     let upscale = env.task(body["result"].as_str().unwrap()).await;
     assert_eq!(
-        (upscale.action, upscale.channel_id, upscale.quota),
+        (upscale.action.clone(), upscale.channel_id, upscale.quota),
         (TaskAction::Upscale, env.channel.id, 25_000)
     );
     assert_eq!(upscale.prompt, "a red fox");
@@ -464,7 +464,7 @@ async fn unpollable_tasks_fail_with_refund(kind: Kind) {
     for (id, (_, reason)) in ids.iter().zip(&cases) {
         let task = env.app.tasks.get(*id).await.unwrap().unwrap();
         assert_eq!(
-            (task.status, task.fail_reason.as_str()),
+            (task.status.clone(), task.fail_reason.as_str()),
             (TaskStatus::Failure, *reason)
         );
     }

@@ -236,14 +236,56 @@ pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// One Midjourney task: every column of new-api's `midjourneys` table, typed.
+/// One Midjourney task: every column of new-api's `midjourneys` table, typed — the store's
+/// `id` and `version` around the task's [`NewTask`] fields, which read through as if they were
+/// the task's own (`task.status`, `task.mj_id`; [`Deref`](std::ops::Deref)).
 ///
-/// Timestamps are Unix epoch milliseconds; `0` means "not yet". `video_urls`, `buttons` and
-/// `properties` hold JSON text, as new-api stores and serves them.
+/// Serialized flat, as one object with every column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     /// Database id; the list order is `id` descending.
     pub id: i64,
+    /// Optimistic-concurrency version, bumped by every update; see
+    /// [`TaskStore::update_if_version`](crate::TaskStore::update_if_version).
+    pub version: i64,
+    /// Everything else: what was inserted, as later updates left it.
+    #[serde(flatten)]
+    pub fields: NewTask,
+}
+
+impl std::ops::Deref for Task {
+    type Target = NewTask;
+
+    fn deref(&self) -> &NewTask {
+        &self.fields
+    }
+}
+
+impl std::ops::DerefMut for Task {
+    fn deref_mut(&mut self) -> &mut NewTask {
+        &mut self.fields
+    }
+}
+
+impl Task {
+    /// The JSON view a task's owner sees (no `user_id`, no `channel_id`).
+    pub fn user_view(&self) -> UserTaskView<'_> {
+        UserTaskView::new(self)
+    }
+
+    /// The JSON view an administrator sees (adds `user_id`, `channel_id` and `code`).
+    pub fn admin_view(&self) -> AdminTaskView<'_> {
+        AdminTaskView::new(self)
+    }
+}
+
+/// A task's columns other than the store's `id` and `version`: what an insert writes, and
+/// what [`Task`] carries.
+///
+/// Timestamps are Unix epoch milliseconds; `0` means "not yet". `video_urls`, `buttons` and
+/// `properties` hold JSON text, as new-api stores and serves them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NewTask {
     /// The upstream's submit code (1 = accepted).
     pub code: i64,
     /// Owner.
@@ -286,76 +328,14 @@ pub struct Task {
     pub buttons: String,
     /// JSON object text of extra properties (`finalPrompt`, ...).
     pub properties: String,
-    /// Optimistic-concurrency version, bumped by every update; see
-    /// [`TaskStore::update_if_version`](crate::TaskStore::update_if_version).
-    pub version: i64,
 }
 
-impl Task {
+impl NewTask {
     /// Whether the task has reached a terminal status ([`TaskStatus::is_finished`]).
     pub fn is_finished(&self) -> bool {
         self.status.is_finished()
     }
 
-    /// The JSON view a task's owner sees (no `user_id`, no `channel_id`).
-    pub fn user_view(&self) -> UserTaskView<'_> {
-        UserTaskView::new(self)
-    }
-
-    /// The JSON view an administrator sees (adds `user_id`, `channel_id` and `code`).
-    pub fn admin_view(&self) -> AdminTaskView<'_> {
-        AdminTaskView::new(self)
-    }
-}
-
-/// A task to insert; the store assigns the id and version.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NewTask {
-    /// The upstream's submit code.
-    pub code: i64,
-    /// Owner.
-    pub user_id: i64,
-    /// What the task does.
-    pub action: TaskAction,
-    /// The upstream's task id.
-    pub mj_id: String,
-    /// Prompt as submitted.
-    pub prompt: String,
-    /// Translated prompt.
-    pub prompt_en: String,
-    /// The upstream's description.
-    pub description: String,
-    /// Opaque client state.
-    pub state: String,
-    /// When we accepted the task (ms).
-    pub submit_time: i64,
-    /// When the upstream started it (ms).
-    pub start_time: i64,
-    /// When the upstream finished it (ms).
-    pub finish_time: i64,
-    /// Raw upstream image URL.
-    pub image_url: String,
-    /// Video result URL.
-    pub video_url: String,
-    /// JSON array text of video URLs.
-    pub video_urls: String,
-    /// Status.
-    pub status: TaskStatus,
-    /// Progress text.
-    pub progress: Progress,
-    /// Failure reason.
-    pub fail_reason: String,
-    /// Upstream channel.
-    pub channel_id: i64,
-    /// Quota charged.
-    pub quota: i64,
-    /// JSON array text of buttons.
-    pub buttons: String,
-    /// JSON object text of properties.
-    pub properties: String,
-}
-
-impl NewTask {
     /// A freshly submitted task: status `NOT_START`, progress `"0%"`, submitted now, with empty
     /// JSON values (`"[]"` buttons, `"{}"` properties).
     ///
@@ -536,28 +516,20 @@ mod tests {
     fn user_view_hides_operator_fields() {
         let task = Task {
             id: 1,
-            code: 1,
-            user_id: 9,
-            action: TaskAction::Imagine,
-            mj_id: "m".into(),
-            prompt: String::new(),
-            prompt_en: String::new(),
-            description: String::new(),
-            state: String::new(),
-            submit_time: 1,
-            start_time: 0,
-            finish_time: 0,
-            image_url: String::new(),
-            video_url: String::new(),
-            video_urls: String::new(),
-            status: TaskStatus::Success,
-            progress: Progress::complete(),
-            fail_reason: String::new(),
-            channel_id: 3,
-            quota: 10,
-            buttons: "[]".into(),
-            properties: "{}".into(),
             version: 0,
+            fields: NewTask {
+                code: 1,
+                user_id: 9,
+                mj_id: "m".into(),
+                submit_time: 1,
+                status: TaskStatus::Success,
+                progress: Progress::complete(),
+                channel_id: 3,
+                quota: 10,
+                buttons: "[]".into(),
+                properties: "{}".into(),
+                ..NewTask::default()
+            },
         };
         let user = serde_json::to_value(task.user_view()).unwrap_or_default();
         assert!(user.get("user_id").is_none());

@@ -714,7 +714,7 @@ mod tests {
 
     use super::*;
     use crate::store::{MockChannelStore, MockPollStore, MockTaskStore};
-    use crate::{TaskAction, TaskStatus};
+    use crate::{NewTask, TaskAction, TaskStatus};
 
     const NOW: i64 = 1_715_240_000_000;
     const HOUR: i64 = 3_600_000;
@@ -722,28 +722,23 @@ mod tests {
     fn task() -> Task {
         Task {
             id: 7,
-            code: 1,
-            user_id: 3,
-            action: TaskAction::Imagine,
-            mj_id: "1715240000123456".into(),
-            prompt: "cat".into(),
-            prompt_en: String::new(),
-            description: String::new(),
-            state: String::new(),
-            submit_time: NOW - 60_000,
-            start_time: NOW - 50_000,
-            finish_time: 0,
-            image_url: String::new(),
-            video_url: String::new(),
-            video_urls: String::new(),
-            status: TaskStatus::InProgress,
-            progress: Progress::new("10%"),
-            fail_reason: String::new(),
-            channel_id: 2,
-            quota: 500,
-            buttons: "[]".into(),
-            properties: "{}".into(),
             version: 4,
+            fields: NewTask {
+                code: 1,
+                user_id: 3,
+                action: TaskAction::Imagine,
+                mj_id: "1715240000123456".into(),
+                prompt: "cat".into(),
+                submit_time: NOW - 60_000,
+                start_time: NOW - 50_000,
+                status: TaskStatus::InProgress,
+                progress: Progress::new("10%"),
+                channel_id: 2,
+                quota: 500,
+                buttons: "[]".into(),
+                properties: "{}".into(),
+                ..NewTask::default()
+            },
         }
     }
 
@@ -795,7 +790,7 @@ mod tests {
         assert_eq!(merged.progress.as_str(), "10%");
         assert_eq!(merged.image_url, "https://cdn/preview.webp");
         assert_eq!(
-            (merged.user_id, merged.quota, merged.action),
+            (merged.user_id, merged.quota, merged.action.clone()),
             (3, 500, TaskAction::Imagine)
         );
     }
@@ -851,7 +846,7 @@ mod tests {
         done.image_url = Some("https://cdn/x.png".into());
         let next = decide(&old, Answer::Found(&done), NOW, HOUR).unwrap();
         assert_eq!(
-            (next.status, next.progress.as_str()),
+            (next.status.clone(), next.progress.as_str()),
             (TaskStatus::Success, "100%")
         );
         // Exactly at the deadline: not yet.

@@ -357,6 +357,15 @@ async fn range_pages_when_times_do_not_follow_ids(store: &SqlStore, _: &TestDb) 
         }
         assert_eq!(tiled, expected, "page size {size}");
     }
+    // Cursor walks of the same range, whose bound starts at each cursor's submit time.
+    let raw = format!("user_id=3&start_timestamp={from}&end_timestamp={to}");
+    for size in [1, 2, 5, 13] {
+        assert_eq!(
+            walk(&tasks, &raw, size, |_| None).await,
+            expected,
+            "size {size}"
+        );
+    }
     // A page far past the end of a range: the bound's LIMIT saturates instead of overflowing.
     let far = tasks
         .list(&range, PageRequest::new(i64::MAX, 100).unwrap())
@@ -673,30 +682,48 @@ async fn cursor_walks(store: &SqlStore, _: &TestDb) {
     }
 }
 
-/// Range pages by cursor stay exact when submit times do not follow ids.
-async fn range_cursors_when_times_do_not_follow_ids(store: &SqlStore, _: &TestDb) {
+/// Tasks whose submit times fall behind their ids (a late single insert, an import below the
+/// stored ids) top the range pages they belong to, although every other task follows id order:
+/// the range page's narrowed scan must widen for them.
+async fn late_submissions_stay_in_range_pages(store: &SqlStore, _: &TestDb) {
     let tasks = store.tasks();
-    let batch: Vec<NewTask> = (0..60)
-        .map(|n| NewTask {
-            submit_time: BASE_MS + ((n * 37) % 60) * DAY_MS,
-            ..task(3, n)
+    fixture(&tasks).await; // user 1: days 0..30, in id order
+    let range = TaskQuery::owned_by(1).submitted_between(Some(BASE_MS + 5 * DAY_MS), None);
+    let late = tasks
+        .insert(&NewTask {
+            submit_time: BASE_MS + 6 * DAY_MS,
+            ..task(1, 40)
         })
-        .collect();
-    tasks.insert_many(&batch).await.unwrap();
-    let raw = format!(
-        "user_id=3&start_timestamp={}&end_timestamp={}",
-        BASE_MS + 10 * DAY_MS,
-        BASE_MS + 49 * DAY_MS
-    );
-    let (query, _) = parse_list_query(&raw, Audience::Admin).unwrap();
-    let everything = tasks
-        .list(&query, PageRequest::new(1, 100).unwrap())
         .await
         .unwrap();
-    assert_eq!(everything.total, 40);
-    for size in [1, 2, 5, 13] {
-        assert_eq!(walk(&tasks, &raw, size, |_| None).await, ids(&everything));
+    let first = tasks
+        .list(&range, PageRequest::new(1, 3).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((first.total, first.items[0].id), (26, late.id));
+    // An import below every stored id, with the newest submit time of all.
+    let mut imported = tasks.get(late.id).await.unwrap().unwrap();
+    imported.id = -5;
+    imported.submit_time = BASE_MS + 60 * DAY_MS;
+    assert_eq!(tasks.insert_with_ids(&[imported]).await.unwrap(), 1);
+    let old_range =
+        TaskQuery::owned_by(1).submitted_between(Some(BASE_MS), Some(BASE_MS + 70 * DAY_MS));
+    let everything = tasks
+        .list(&old_range, PageRequest::new(1, 100).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((everything.total, everything.items.len()), (32, 32));
+    assert_eq!(everything.items.last().map(|t| t.id), Some(-5));
+    assert_eq!(everything.items[0].id, late.id);
+    let mut paged = Vec::new();
+    for p in 1..=11 {
+        let page = tasks
+            .list(&old_range, PageRequest::new(p, 3).unwrap())
+            .await
+            .unwrap();
+        paged.extend(ids(&page));
     }
+    assert_eq!(paged, ids(&everything));
 }
 
 /// Planner statistics can be refreshed on every backend, and the lookups that must stay
@@ -819,7 +846,7 @@ all_backends!(
     channels,
     status_action_and_owner_filters,
     cursor_walks,
-    range_cursors_when_times_do_not_follow_ids,
     statistics_and_lookup_plans,
+    late_submissions_stay_in_range_pages,
     migrations_are_idempotent_and_schemas_match,
 );

@@ -161,9 +161,15 @@ pub fn rejection_status(rejection: &Rejection) -> (StatusCode, String) {
 }
 
 /// Logs a store failure and says how to answer it, for every route family: an unreachable
-/// database is a 503, anything else a 500; the database's own text goes to the log only.
+/// database, or one refusing writes, is a 503, anything else a 500; the database's own text goes to the log only.
 pub fn store_failure(error: &StoreError) -> (StatusCode, &'static str) {
-    if error.is_unavailable() {
+    if error.is_not_writable() {
+        tracing::warn!(error = ?error, "database refuses writes");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The database does not accept writes right now (read-only or out of space); try again later.",
+        )
+    } else if error.is_unavailable() {
         tracing::warn!(error = ?error, "database unavailable");
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -36,17 +36,43 @@ pub async fn list_all_tasks(
     }))))
 }
 
-/// `GET /healthz`: 200 when the database answers, 503 otherwise.
+/// How long `/healthz` waits for the database before it answers 503: a load balancer must
+/// learn of an outage in about this time, not after the pool's acquire timeout.
+const HEALTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /healthz`: 200 `{"status":"ok"}` when the database answers and accepts writes; 503
+/// otherwise, with `database` saying `"unreachable"` or `"not writable"` (read-only or full).
 pub async fn health(app: App) -> Result<impl Reply, Rejection> {
-    let (status, text) = match app.tasks.ping().await {
-        Ok(()) => (StatusCode::OK, "ok"),
-        Err(error) => {
+    let probe = async {
+        app.tasks.ping().await?;
+        app.tasks.ping_write().await
+    };
+    let problem = match tokio::time::timeout(HEALTH_DEADLINE, probe).await {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) if error.is_not_writable() => {
+            tracing::warn!(error = ?error, "health check: the database refuses writes");
+            Some("not writable")
+        }
+        Ok(Err(error)) => {
             tracing::warn!(error = ?error, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            Some("unreachable")
+        }
+        Err(_) => {
+            tracing::warn!("health check: no database answer in time");
+            Some("unreachable")
         }
     };
-    Ok(warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "status": text })),
-        status,
-    ))
+    let reply = match problem {
+        None => warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({ "status": "ok" })),
+            StatusCode::OK,
+        ),
+        Some(database) => warp::reply::with_status(
+            warp::reply::json(
+                &serde_json::json!({ "status": "unavailable", "database": database }),
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    };
+    Ok(reply)
 }

@@ -398,17 +398,18 @@ fn fit_task(task: &mut Task) -> u64 {
         }
     };
     apply(&mut task.mj_id, TextLimit::Short);
+    let fields = &mut task.fields;
     for value in [
-        &mut task.prompt,
-        &mut task.prompt_en,
-        &mut task.description,
-        &mut task.state,
-        &mut task.image_url,
-        &mut task.video_url,
-        &mut task.video_urls,
-        &mut task.fail_reason,
-        &mut task.buttons,
-        &mut task.properties,
+        &mut fields.prompt,
+        &mut fields.prompt_en,
+        &mut fields.description,
+        &mut fields.state,
+        &mut fields.image_url,
+        &mut fields.video_url,
+        &mut fields.video_urls,
+        &mut fields.fail_reason,
+        &mut fields.buttons,
+        &mut fields.properties,
     ] {
         apply(value, TextLimit::Long);
     }

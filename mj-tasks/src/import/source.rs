@@ -12,7 +12,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::{Column as _, Executor as _, Statement as _};
 
-use crate::model::{Progress, Task, TaskAction, TaskStatus};
+use crate::model::{NewTask, Progress, Task, TaskAction, TaskStatus};
 use crate::store::{Backend, redact_url};
 
 use super::ImportError;
@@ -161,28 +161,30 @@ impl From<SourceTaskRow> for Task {
     fn from(row: SourceTaskRow) -> Self {
         Self {
             id: row.id,
-            code: row.code,
-            user_id: row.user_id,
-            action: TaskAction::from(row.action),
-            mj_id: row.mj_id,
-            prompt: row.prompt,
-            prompt_en: row.prompt_en,
-            description: row.description,
-            state: row.state,
-            submit_time: row.submit_time,
-            start_time: row.start_time,
-            finish_time: row.finish_time,
-            image_url: row.image_url,
-            video_url: row.video_url,
-            video_urls: row.video_urls,
-            status: TaskStatus::from(row.status),
-            progress: Progress::from(row.progress),
-            fail_reason: row.fail_reason,
-            channel_id: row.channel_id,
-            quota: row.quota,
-            buttons: row.buttons,
-            properties: row.properties,
             version: 0,
+            fields: NewTask {
+                code: row.code,
+                user_id: row.user_id,
+                action: TaskAction::from(row.action),
+                mj_id: row.mj_id,
+                prompt: row.prompt,
+                prompt_en: row.prompt_en,
+                description: row.description,
+                state: row.state,
+                submit_time: row.submit_time,
+                start_time: row.start_time,
+                finish_time: row.finish_time,
+                image_url: row.image_url,
+                video_url: row.video_url,
+                video_urls: row.video_urls,
+                status: TaskStatus::from(row.status),
+                progress: Progress::from(row.progress),
+                fail_reason: row.fail_reason,
+                channel_id: row.channel_id,
+                quota: row.quota,
+                buttons: row.buttons,
+                properties: row.properties,
+            },
         }
     }
 }

@@ -5,9 +5,11 @@
 //! [`TaskStore`]: crate::TaskStore
 
 use async_trait::async_trait;
+use sqlx::QueryBuilder;
 
 use crate::channel::Channel;
-use crate::store::StoreError;
+use crate::store::dialect::Dialect;
+use crate::store::{SqlTaskStore, StoreError};
 
 /// What a claim reserves ids of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,89 +81,76 @@ pub trait ImportStore: Send + Sync {
     async fn insert_channel_with_id(&self, channel: &Channel) -> Result<(), StoreError>;
 }
 
-/// Implements [`ImportStore`] for a backend store type with a `pool` field of `sqlx::Pool<$db>`
-/// and a `sync_id_sequence(table)` function (see the backends), with one body for the three
-/// dialects.
-macro_rules! impl_import_store {
-    ($store:ty, $db:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::store::import::ImportStore for $store {
-            async fn import_claims(
-                &self,
-                source: &str,
-                entity: $crate::store::import::ClaimEntity,
-            ) -> Result<Vec<$crate::store::import::ImportClaim>, $crate::StoreError> {
-                let mut builder = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT first_id, last_id FROM mj_import_claims WHERE source = ",
-                );
-                builder
-                    .push_bind(source)
-                    .push(" AND entity = ")
-                    .push_bind(entity.as_str())
-                    .push(" ORDER BY first_id");
-                Ok(builder.build_query_as().fetch_all(&self.pool).await?)
-            }
+#[async_trait]
+impl<D: Dialect> ImportStore for SqlTaskStore<D> {
+    async fn import_claims(
+        &self,
+        source: &str,
+        entity: ClaimEntity,
+    ) -> Result<Vec<ImportClaim>, StoreError> {
+        let mut builder = QueryBuilder::<D>::new(
+            "SELECT first_id, last_id FROM mj_import_claims WHERE source = ",
+        );
+        D::bind_text(&mut builder, source);
+        builder.push(" AND entity = ");
+        D::bind_text(&mut builder, entity.as_str());
+        builder.push(" ORDER BY first_id");
+        Ok(D::fetch_import_claims(&mut *self.pool.acquire().await?, builder).await?)
+    }
 
-            async fn add_import_claim(
-                &self,
-                source: &str,
-                entity: $crate::store::import::ClaimEntity,
-                first_id: i64,
-                last_id: i64,
-            ) -> Result<(), $crate::StoreError> {
-                let mut builder = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO mj_import_claims (source, entity, first_id, last_id, claimed_at) ",
-                );
-                builder.push_values(std::iter::once(()), |mut row, ()| {
-                    row.push_bind(source)
-                        .push_bind(entity.as_str())
-                        .push_bind(first_id)
-                        .push_bind(last_id)
-                        .push_bind($crate::now_millis());
-                });
-                builder.build().execute(&self.pool).await?;
-                Ok(())
-            }
-
-            async fn task_id_span(
-                &self,
-                first_id: i64,
-                last_id: i64,
-            ) -> Result<$crate::store::import::IdSpan, $crate::StoreError> {
-                let mut builder = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT COUNT(*) AS count, MIN(id) AS min_id, MAX(id) AS max_id \
-                     FROM midjourneys WHERE id >= ",
-                );
-                builder
-                    .push_bind(first_id)
-                    .push(" AND id <= ")
-                    .push_bind(last_id);
-                Ok(builder.build_query_as().fetch_one(&self.pool).await?)
-            }
-
-            async fn insert_channel_with_id(
-                &self,
-                channel: &$crate::Channel,
-            ) -> Result<(), $crate::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let mut builder = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO mj_channels (id, name, base_url, secret, enabled, created_at) ",
-                );
-                builder.push_values(std::iter::once(channel), |mut row, channel| {
-                    row.push_bind(channel.id)
-                        .push_bind(channel.name.as_str())
-                        .push_bind(channel.base_url.as_str())
-                        .push_bind(channel.secret.as_str())
-                        .push_bind(channel.enabled)
-                        .push_bind(channel.created_at);
-                });
-                builder.build().execute(&mut *tx).await?;
-                if let Some(statement) = <$store>::sync_id_sequence("mj_channels") {
-                    sqlx::raw_sql(statement).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
+    async fn add_import_claim(
+        &self,
+        source: &str,
+        entity: ClaimEntity,
+        first_id: i64,
+        last_id: i64,
+    ) -> Result<(), StoreError> {
+        let mut builder = QueryBuilder::<D>::new(
+            "INSERT INTO mj_import_claims (source, entity, first_id, last_id, claimed_at) VALUES (",
+        );
+        D::bind_text(&mut builder, source);
+        builder.push(", ");
+        D::bind_text(&mut builder, entity.as_str());
+        for value in [first_id, last_id, crate::now_millis()] {
+            builder.push(", ");
+            D::bind_int(&mut builder, value);
         }
-    };
+        builder.push(")");
+        D::execute(&mut *self.pool.acquire().await?, builder).await?;
+        Ok(())
+    }
+
+    async fn task_id_span(&self, first_id: i64, last_id: i64) -> Result<IdSpan, StoreError> {
+        let mut builder = QueryBuilder::<D>::new(
+            "SELECT COUNT(*) AS count, MIN(id) AS min_id, MAX(id) AS max_id \
+             FROM midjourneys WHERE id >= ",
+        );
+        D::bind_int(&mut builder, first_id);
+        builder.push(" AND id <= ");
+        D::bind_int(&mut builder, last_id);
+        Ok(D::fetch_id_span(&mut *self.pool.acquire().await?, builder).await?)
+    }
+
+    async fn insert_channel_with_id(&self, channel: &Channel) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut builder = QueryBuilder::<D>::new(
+            "INSERT INTO mj_channels (id, name, base_url, secret, enabled, created_at) VALUES (",
+        );
+        D::bind_int(&mut builder, channel.id);
+        for text in [&channel.name, &channel.base_url, &channel.secret] {
+            builder.push(", ");
+            D::bind_text(&mut builder, text);
+        }
+        builder.push(", ");
+        D::bind_flag(&mut builder, channel.enabled);
+        builder.push(", ");
+        D::bind_int(&mut builder, channel.created_at);
+        builder.push(")");
+        D::execute(&mut tx, builder).await?;
+        if let Some(statement) = D::sync_id_sequence("mj_channels") {
+            D::run_script(&mut tx, statement).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -1,9 +1,11 @@
 //! The storage traits and their sqlx backends.
 //!
-//! [`TaskStore`] and [`ChannelStore`] are object safe and used as `Arc<dyn ...>`; the backends
-//! ([`SqliteTaskStore`], [`PostgresTaskStore`], [`MySqlTaskStore`]) implement both over one
-//! connection pool and share one query-building layer (`sql.rs`). [`connect`] picks the backend
-//! from a database URL and runs the migrations.
+//! [`TaskStore`], [`ChannelStore`] and [`SettingStore`] are object safe and used as
+//! `Arc<dyn ...>`. One generic store, [`SqlTaskStore`] (`tasks.rs`), implements them for every
+//! backend ([`SqliteTaskStore`], [`PostgresTaskStore`], [`MySqlTaskStore`]) over one
+//! statement-building layer (`sql.rs`, and `counts.rs` for exact totals) and a small dialect
+//! seam (`dialect.rs`). [`connect`] picks the backend from a database URL and runs the
+//! migrations.
 
 use std::sync::Arc;
 
@@ -14,18 +16,18 @@ use crate::model::{NewTask, Task};
 use crate::query::{Page, PageRequest, TaskQuery};
 
 #[macro_use]
-mod sql;
-#[macro_use]
-mod settings;
-#[macro_use]
+mod dialect;
+mod counts;
 pub mod import;
 #[cfg(feature = "mysql")]
 mod mysql;
 pub mod poll;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+mod tasks;
 
 #[cfg(any(test, feature = "mock"))]
 pub use import::MockImportStore;
@@ -39,6 +41,14 @@ pub use poll::{PollStore, SqlPollStore, WriteOutcome};
 pub use postgres::PostgresTaskStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteTaskStore;
+pub use tasks::SqlTaskStore;
+
+use dialect::Dialect;
+
+/// How long a request waits for a PostgreSQL or MariaDB connection before it fails as
+/// [`StoreError::Unavailable`]: during an outage every request (health checks too) fails in
+/// about this time instead of queueing; once the server is back the next request connects.
+pub const NETWORK_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What can go wrong in a store. Database text is kept as a source for logs; callers answering
 /// HTTP should map variants, never print the source to a client.
@@ -47,6 +57,10 @@ pub enum StoreError {
     /// The database could not be reached (connection refused, pool timed out, I/O error).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database answers but refuses writes for now: a read-only file, mount or replica, or
+    /// a full disk. Reads may still work; it passes once the cause is gone.
+    #[error("database does not accept writes")]
+    NotWritable(#[source] sqlx::Error),
     /// A unique constraint was violated (for example a duplicate user name).
     #[error("conflict with an existing row")]
     Conflict(#[source] sqlx::Error),
@@ -72,15 +86,55 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
             sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(error),
+            sqlx::Error::Database(db) if refuses_writes(db.as_ref()) => Self::NotWritable(error),
             _ => Self::Database(error),
         }
     }
+}
+
+/// Whether a database error says writes are refused for now, in each engine's own terms.
+fn refuses_writes(error: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "sqlite")]
+    if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        // Primary result codes (the low byte of extended ones): SQLITE_READONLY, SQLITE_FULL.
+        let primary = error
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .map(|code| code & 0xff);
+        return matches!(primary, Some(8 | 13));
+    }
+    #[cfg(feature = "postgres")]
+    if error
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        // read_only_sql_transaction (a standby, default_transaction_read_only), disk_full,
+        // insufficient_resources.
+        return matches!(error.code().as_deref(), Some("25006" | "53100" | "53000"));
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(error) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // ER_OPTION_PREVENTS_STATEMENT (--read-only), ER_OPEN_AS_READONLY, ER_RECORD_FILE_FULL,
+        // ER_DISK_FULL, ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION.
+        return matches!(error.number(), 1290 | 1036 | 1114 | 1021 | 1792);
+    }
+    let _ = error;
+    false
 }
 
 impl StoreError {
     /// Whether the error means the database is unreachable (HTTP 503) rather than a bug.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    /// Whether the error means the database refuses writes for now (HTTP 503), see
+    /// [`Self::NotWritable`].
+    pub fn is_not_writable(&self) -> bool {
+        matches!(self, Self::NotWritable(_))
     }
 }
 
@@ -130,6 +184,11 @@ pub trait TaskStore: Send + Sync {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether the database accepts writes now: a write that changes nothing (it rewrites the
+    /// poller's lease row as it is), so a read-only file, mount or replica, and on SQLite a full
+    /// disk, show up as [`StoreError::NotWritable`] before a client's write meets them.
+    async fn ping_write(&self) -> Result<(), StoreError>;
 
     /// Brings the planner's statistics of the task tables up to date (SQLite `ANALYZE` within
     /// its analysis limit, PostgreSQL `VACUUM (ANALYZE)`, MariaDB `ANALYZE TABLE`). Normal
@@ -217,64 +276,95 @@ pub enum SqlStore {
     MySql(MySqlTaskStore),
 }
 
-/// The backend store of a [`SqlStore`] behind an `Arc` of whichever trait object the caller
-/// returns (each backend type implements every store trait).
-macro_rules! shared_backend {
-    ($store:expr) => {
-        match $store {
-            #[cfg(feature = "sqlite")]
-            SqlStore::Sqlite(store) => Arc::new(store.clone()),
-            #[cfg(feature = "postgres")]
-            SqlStore::Postgres(store) => Arc::new(store.clone()),
-            #[cfg(feature = "mysql")]
-            SqlStore::MySql(store) => Arc::new(store.clone()),
-        }
-    };
+/// Something done with a [`SqlStore`]'s backend store, whichever backend it is: the one place
+/// that matches on the variants ([`SqlStore::with_backend`]).
+pub(crate) trait BackendVisitor {
+    /// What the visit yields.
+    type Output;
+    /// Does it with the backend's store.
+    fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output;
+}
+
+/// The store as a shared handle of each trait it implements.
+struct Handles;
+
+impl BackendVisitor for Handles {
+    type Output = (
+        Arc<dyn TaskStore>,
+        Arc<dyn ChannelStore>,
+        Arc<dyn SettingStore>,
+        Arc<dyn ImportStore>,
+    );
+    fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output {
+        (
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+        )
+    }
+}
+
+struct Close;
+
+impl BackendVisitor for Close {
+    type Output = futures_util::future::BoxFuture<'static, ()>;
+    fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output {
+        let pool = store.pool().clone();
+        Box::pin(async move { pool.close().await })
+    }
+}
+
+struct Which;
+
+impl BackendVisitor for Which {
+    type Output = Backend;
+    fn visit<D: Dialect>(self, _: &SqlTaskStore<D>) -> Backend {
+        D::BACKEND
+    }
 }
 
 impl SqlStore {
+    /// Runs `visitor` with the backend's store.
+    pub(crate) fn with_backend<V: BackendVisitor>(&self, visitor: V) -> V::Output {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => visitor.visit(store),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => visitor.visit(store),
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => visitor.visit(store),
+        }
+    }
+
     /// The store as a task store.
     pub fn tasks(&self) -> Arc<dyn TaskStore> {
-        shared_backend!(self)
+        self.with_backend(Handles).0
     }
 
     /// The store as a channel store.
     pub fn channels(&self) -> Arc<dyn ChannelStore> {
-        shared_backend!(self)
+        self.with_backend(Handles).1
     }
 
     /// The store as a setting store.
     pub fn settings(&self) -> Arc<dyn SettingStore> {
-        shared_backend!(self)
+        self.with_backend(Handles).2
     }
 
     /// The store as an import store (claims, channels with their ids).
     pub fn imports(&self) -> Arc<dyn ImportStore> {
-        shared_backend!(self)
+        self.with_backend(Handles).3
     }
 
     /// Which database this is.
     pub fn backend(&self) -> Backend {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(_) => Backend::Sqlite,
-            #[cfg(feature = "postgres")]
-            Self::Postgres(_) => Backend::Postgres,
-            #[cfg(feature = "mysql")]
-            Self::MySql(_) => Backend::MySql,
-        }
+        self.with_backend(Which)
     }
 
     /// Closes the pool, waiting for checked-out connections to come back.
     pub async fn close(&self) {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(store) => store.pool().close().await,
-            #[cfg(feature = "postgres")]
-            Self::Postgres(store) => store.pool().close().await,
-            #[cfg(feature = "mysql")]
-            Self::MySql(store) => store.pool().close().await,
-        }
+        self.with_backend(Close).await;
     }
 }
 

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 use crate::billing::QuotaLedger;
 use crate::model::Task;
-use crate::store::{SqlStore, StoreError};
+use crate::store::dialect::Dialect;
+use crate::store::{BackendVisitor, SqlStore, SqlTaskStore, StoreError};
 
 /// What [`PollStore::write_outcome`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,162 +76,183 @@ impl SqlPollStore {
     }
 }
 
-/// One body for the three dialects: functions over `sqlx::Pool<$db>`, the ledger connection
-/// wrapped in `$conn`.
-macro_rules! poll_sql {
-    ($module:ident, $db:ty, $conn:path) => {
-        mod $module {
-            use sqlx::QueryBuilder;
+/// The poller's statements, over any dialect.
+mod statements {
+    use sqlx::{Pool, QueryBuilder};
 
-            use crate::billing::{QuotaLedger, Refund};
-            use crate::model::{Task, TaskStatus};
-            use crate::store::StoreError;
-            use crate::store::poll::WriteOutcome;
+    use crate::billing::{QuotaLedger, Refund};
+    use crate::model::{Task, TaskStatus};
+    use crate::store::StoreError;
+    use crate::store::counts::Deltas;
+    use crate::store::dialect::Dialect;
+    use crate::store::poll::WriteOutcome;
+    use crate::store::tasks::{apply, begin_write, update_counted};
 
-            pub(super) async fn write_outcomes(
-                pool: &sqlx::Pool<$db>,
-                ledger: &dyn QuotaLedger,
-                tasks: &[Task],
-            ) -> Result<Vec<WriteOutcome>, StoreError> {
-                let mut tx = pool.begin().await?;
-                let mut outcomes = Vec::with_capacity(tasks.len());
-                for task in tasks {
-                    outcomes.push(write_one(&mut *tx, ledger, task).await?);
-                }
-                tx.commit().await?;
-                Ok(outcomes)
-            }
-
-            async fn write_one(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                ledger: &dyn QuotaLedger,
-                task: &Task,
-            ) -> Result<WriteOutcome, StoreError> {
-                let mut builder = QueryBuilder::<$db>::new("");
-                crate::store::sql::push_update(&mut builder, task);
-                if builder.build().execute(&mut *conn).await?.rows_affected() != 1 {
-                    return Ok(WriteOutcome::Lost);
-                }
-                if task.status != TaskStatus::Failure || task.quota <= 0 {
-                    return Ok(WriteOutcome::Written { refunded: false });
-                }
-                let mut check =
-                    QueryBuilder::<$db>::new("SELECT COUNT(*) FROM mj_refunds WHERE task_id = ");
-                check.push_bind(task.id);
-                let existing: i64 = check.build_query_scalar().fetch_one(&mut *conn).await?;
-                if existing > 0 {
-                    return Ok(WriteOutcome::Written { refunded: false });
-                }
-                // The primary key on task_id backs the check: a racing second refund fails on
-                // insert and its whole transaction (status write included) rolls back.
-                let mut insert = QueryBuilder::<$db>::new(
-                    "INSERT INTO mj_refunds (task_id, user_id, amount, refunded_at) ",
-                );
-                insert.push_values(std::iter::once(task), |mut row, task| {
-                    row.push_bind(task.id)
-                        .push_bind(task.user_id)
-                        .push_bind(task.quota)
-                        .push_bind(crate::now_millis());
-                });
-                insert.build().execute(&mut *conn).await?;
-                let refund = Refund {
-                    task_id: task.id,
-                    user_id: task.user_id,
-                    amount: task.quota,
-                };
-                ledger.refund_in($conn(&mut *conn), refund).await?;
-                Ok(WriteOutcome::Written { refunded: true })
-            }
-
-            pub(super) async fn try_lease(
-                pool: &sqlx::Pool<$db>,
-                name: &str,
-                holder: &str,
-                now_ms: i64,
-                ttl_ms: i64,
-            ) -> Result<bool, StoreError> {
-                let expires_at = now_ms.saturating_add(ttl_ms);
-                // One conditional update: renew our own lease or take over an expired one.
-                // `expires_at` always changes, so MySQL's changed-rows count is 1 on success.
-                let mut update = QueryBuilder::<$db>::new("UPDATE mj_leases SET holder = ");
-                update
-                    .push_bind(holder)
-                    .push(", expires_at = ")
-                    .push_bind(expires_at)
-                    .push(" WHERE name = ")
-                    .push_bind(name)
-                    .push(" AND (holder = ")
-                    .push_bind(holder)
-                    .push(" OR expires_at < ")
-                    .push_bind(now_ms)
-                    .push(")");
-                if update.build().execute(pool).await?.rows_affected() == 1 {
-                    return Ok(true);
-                }
-                let mut exists =
-                    QueryBuilder::<$db>::new("SELECT COUNT(*) FROM mj_leases WHERE name = ");
-                exists.push_bind(name);
-                let count: i64 = exists.build_query_scalar().fetch_one(pool).await?;
-                if count > 0 {
-                    return Ok(false);
-                }
-                let mut insert =
-                    QueryBuilder::<$db>::new("INSERT INTO mj_leases (name, holder, expires_at) ");
-                insert.push_values(std::iter::once(()), |mut row, ()| {
-                    row.push_bind(name).push_bind(holder).push_bind(expires_at);
-                });
-                match insert.build().execute(pool).await.map_err(StoreError::from) {
-                    Ok(_) => Ok(true),
-                    Err(StoreError::Conflict(_)) => Ok(false),
-                    Err(error) => Err(error),
-                }
-            }
-
-            pub(super) async fn release_lease(
-                pool: &sqlx::Pool<$db>,
-                name: &str,
-                holder: &str,
-            ) -> Result<(), StoreError> {
-                let mut update =
-                    QueryBuilder::<$db>::new("UPDATE mj_leases SET expires_at = 0 WHERE name = ");
-                update
-                    .push_bind(name)
-                    .push(" AND holder = ")
-                    .push_bind(holder);
-                update.build().execute(pool).await?;
-                Ok(())
-            }
+    pub(super) async fn write_outcomes<D: Dialect>(
+        pool: &Pool<D>,
+        ledger: &dyn QuotaLedger,
+        tasks: &[Task],
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut tx = begin_write(pool).await?;
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        let mut deltas = Deltas::default();
+        for task in tasks {
+            outcomes.push(write_one::<D>(&mut tx, ledger, task, &mut deltas).await?);
         }
-    };
+        apply::<D>(&mut tx, &deltas).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn write_one<D: Dialect>(
+        conn: &mut D::Connection,
+        ledger: &dyn QuotaLedger,
+        task: &Task,
+        deltas: &mut Deltas,
+    ) -> Result<WriteOutcome, StoreError> {
+        // The same compare-and-swap as `update_if_version`, totals included.
+        if !update_counted::<D>(conn, task, deltas).await? {
+            return Ok(WriteOutcome::Lost);
+        }
+        if task.status != TaskStatus::Failure || task.quota <= 0 {
+            return Ok(WriteOutcome::Written { refunded: false });
+        }
+        let mut check = QueryBuilder::<D>::new("SELECT COUNT(*) FROM mj_refunds WHERE task_id = ");
+        D::bind_int(&mut check, task.id);
+        if D::fetch_int(conn, check).await?.unwrap_or(0) > 0 {
+            return Ok(WriteOutcome::Written { refunded: false });
+        }
+        // The primary key on task_id backs the check: a racing second refund fails on insert and
+        // its whole transaction (status write included) rolls back.
+        let mut insert = QueryBuilder::<D>::new(
+            "INSERT INTO mj_refunds (task_id, user_id, amount, refunded_at) VALUES (",
+        );
+        let values = [task.id, task.user_id, task.quota, crate::now_millis()];
+        for (n, value) in values.into_iter().enumerate() {
+            insert.push(if n == 0 { "" } else { ", " });
+            D::bind_int(&mut insert, value);
+        }
+        insert.push(")");
+        D::execute(conn, insert).await?;
+        let refund = Refund {
+            task_id: task.id,
+            user_id: task.user_id,
+            amount: task.quota,
+        };
+        ledger.refund_in(D::ledger_conn(conn), refund).await?;
+        Ok(WriteOutcome::Written { refunded: true })
+    }
+
+    pub(super) async fn try_lease<D: Dialect>(
+        pool: &Pool<D>,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = pool.acquire().await?;
+        let expires_at = now_ms.saturating_add(ttl_ms);
+        // One conditional update: renew our own lease or take over an expired one.
+        // `expires_at` always changes, so MySQL's changed-rows count is 1 on success.
+        let mut update = QueryBuilder::<D>::new("UPDATE mj_leases SET holder = ");
+        D::bind_text(&mut update, holder);
+        update.push(", expires_at = ");
+        D::bind_int(&mut update, expires_at);
+        update.push(" WHERE name = ");
+        D::bind_text(&mut update, name);
+        update.push(" AND (holder = ");
+        D::bind_text(&mut update, holder);
+        update.push(" OR expires_at < ");
+        D::bind_int(&mut update, now_ms);
+        update.push(")");
+        if D::execute(&mut conn, update).await? == 1 {
+            return Ok(true);
+        }
+        let mut exists = QueryBuilder::<D>::new("SELECT COUNT(*) FROM mj_leases WHERE name = ");
+        D::bind_text(&mut exists, name);
+        if D::fetch_int(&mut conn, exists).await?.unwrap_or(0) > 0 {
+            return Ok(false);
+        }
+        let mut insert =
+            QueryBuilder::<D>::new("INSERT INTO mj_leases (name, holder, expires_at) VALUES (");
+        D::bind_text(&mut insert, name);
+        insert.push(", ");
+        D::bind_text(&mut insert, holder);
+        insert.push(", ");
+        D::bind_int(&mut insert, expires_at);
+        insert.push(")");
+        match D::execute(&mut conn, insert)
+            .await
+            .map_err(StoreError::from)
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub(super) async fn release_lease<D: Dialect>(
+        pool: &Pool<D>,
+        name: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut update =
+            QueryBuilder::<D>::new("UPDATE mj_leases SET expires_at = 0 WHERE name = ");
+        D::bind_text(&mut update, name);
+        update.push(" AND holder = ");
+        D::bind_text(&mut update, holder);
+        D::execute(&mut *pool.acquire().await?, update).await?;
+        Ok(())
+    }
 }
 
-#[cfg(feature = "sqlite")]
-poll_sql!(
-    sqlite_poll,
-    sqlx::Sqlite,
-    crate::billing::LedgerConn::Sqlite
-);
-#[cfg(feature = "postgres")]
-poll_sql!(
-    postgres_poll,
-    sqlx::Postgres,
-    crate::billing::LedgerConn::Postgres
-);
-#[cfg(feature = "mysql")]
-poll_sql!(mysql_poll, sqlx::MySql, crate::billing::LedgerConn::MySql);
+/// A poll store operation, run on whichever backend the store is.
+enum Operation<'a> {
+    WriteOutcomes(&'a dyn QuotaLedger, &'a [Task]),
+    TryLease {
+        name: &'a str,
+        holder: &'a str,
+        now_ms: i64,
+        ttl_ms: i64,
+    },
+    ReleaseLease {
+        name: &'a str,
+        holder: &'a str,
+    },
+}
 
-/// Dispatches `$call` to the module of the store's backend with its pool.
-macro_rules! dispatch {
-    ($self:ident, $function:ident ( $($arg:expr),* )) => {
-        match &$self.store {
-            #[cfg(feature = "sqlite")]
-            SqlStore::Sqlite(store) => sqlite_poll::$function(store.pool(), $($arg),*).await,
-            #[cfg(feature = "postgres")]
-            SqlStore::Postgres(store) => postgres_poll::$function(store.pool(), $($arg),*).await,
-            #[cfg(feature = "mysql")]
-            SqlStore::MySql(store) => mysql_poll::$function(store.pool(), $($arg),*).await,
-        }
-    };
+/// What an [`Operation`] yields.
+enum Done {
+    Outcomes(Vec<WriteOutcome>),
+    Leased(bool),
+    Released,
+}
+
+impl<'a> BackendVisitor for Operation<'a> {
+    type Output = BoxFuture<'a, Result<Done, StoreError>>;
+
+    fn visit<D: Dialect>(self, store: &SqlTaskStore<D>) -> Self::Output {
+        let pool = store.pool().clone();
+        Box::pin(async move {
+            Ok(match self {
+                Self::WriteOutcomes(ledger, tasks) => {
+                    Done::Outcomes(statements::write_outcomes(&pool, ledger, tasks).await?)
+                }
+                Self::TryLease {
+                    name,
+                    holder,
+                    now_ms,
+                    ttl_ms,
+                } => {
+                    Done::Leased(statements::try_lease(&pool, name, holder, now_ms, ttl_ms).await?)
+                }
+                Self::ReleaseLease { name, holder } => {
+                    statements::release_lease(&pool, name, holder).await?;
+                    Done::Released
+                }
+            })
+        })
+    }
 }
 
 #[async_trait]
@@ -243,8 +266,11 @@ impl PollStore for SqlPollStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let ledger = self.ledger.as_ref();
-        dispatch!(self, write_outcomes(ledger, tasks))
+        let operation = Operation::WriteOutcomes(self.ledger.as_ref(), tasks);
+        match self.store.with_backend(operation).await? {
+            Done::Outcomes(outcomes) => Ok(outcomes),
+            Done::Leased(_) | Done::Released => Ok(Vec::new()),
+        }
     }
 
     async fn try_lease(
@@ -254,10 +280,22 @@ impl PollStore for SqlPollStore {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, try_lease(name, holder, now_ms, ttl_ms))
+        let operation = Operation::TryLease {
+            name,
+            holder,
+            now_ms,
+            ttl_ms,
+        };
+        Ok(matches!(
+            self.store.with_backend(operation).await?,
+            Done::Leased(true)
+        ))
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        dispatch!(self, release_lease(name, holder))
+        self.store
+            .with_backend(Operation::ReleaseLease { name, holder })
+            .await?;
+        Ok(())
     }
 }

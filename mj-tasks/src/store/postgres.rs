@@ -1,32 +1,80 @@
 //! The PostgreSQL backend.
 
 use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, QueryBuilder};
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::store::{MIGRATIONS_TABLE, StoreError};
+use crate::billing::LedgerConn;
+use crate::store::dialect::Dialect;
+use crate::store::tasks::SqlTaskStore;
+use crate::store::{Backend, MIGRATIONS_TABLE, StoreError};
 
 /// Tasks and channels in PostgreSQL.
-#[derive(Debug, Clone)]
-pub struct PostgresTaskStore {
-    pool: PgPool,
-}
+pub type PostgresTaskStore = SqlTaskStore<Postgres>;
 
-impl PostgresTaskStore {
-    /// Totals stay cached prepared statements: PostgreSQL re-plans a prepared statement with
-    /// its parameters until a generic plan proves as cheap.
-    pub(crate) const COUNT_OVER_TEXT_PROTOCOL: bool = false;
+run_statements!(Postgres);
+
+impl Dialect for Postgres {
+    const BACKEND: Backend = Backend::Postgres;
 
     /// A page and its total run concurrently on two connections: the server works on both at
     /// once.
-    pub(crate) const TOTAL_IN_PAGE_STATEMENT: bool = false;
+    const TOTAL_IN_PAGE_STATEMENT: bool = false;
 
-    /// Statistics, and the visibility map that index-only scans need (a bulk load leaves
-    /// every page unmarked until autovacuum gets to it).
-    pub(crate) const REFRESH_STATISTICS: &[&str] = &["VACUUM (ANALYZE) midjourneys"];
+    /// Totals stay cached prepared statements: PostgreSQL re-plans a prepared statement with
+    /// its parameters until a generic plan proves as cheap.
+    const TOTAL_UNPREPARED: bool = false;
 
+    /// Statistics, and the visibility map that index-only scans need (a bulk load leaves every
+    /// page unmarked until autovacuum gets to it).
+    const REFRESH_STATISTICS: &'static [&'static str] = &[
+        "VACUUM (ANALYZE) midjourneys",
+        "VACUUM (ANALYZE) mj_task_counts",
+    ];
+
+    const ADD_TO_EXISTING_COUNT: &'static str = " ON CONFLICT (dims, user_id, channel_id, \
+        status, action, bucket) DO UPDATE SET tasks = mj_task_counts.tasks + EXCLUDED.tasks";
+
+    const INTEGER_TYPE: &'static str = "BIGINT";
+
+    const RANGE_ONLY_PREFIX: &'static str = "";
+
+    const TRACKS_SUBMIT_ORDER: bool = false;
+
+    const BEGIN_WRITE: &'static str = "BEGIN";
+
+    fn insert_returning_id(
+        conn: &mut PgConnection,
+        mut statement: QueryBuilder<Self>,
+    ) -> BoxFuture<'_, sqlx::Result<i64>> {
+        statement.push(" RETURNING id");
+        Box::pin(async move { statement.build_query_scalar().fetch_one(conn).await })
+    }
+
+    /// PostgreSQL does not move an identity past explicit ids: the next ordinary insert would
+    /// collide.
+    fn sync_id_sequence(table: &'static str) -> Option<&'static str> {
+        match table {
+            "midjourneys" => Some(
+                "SELECT setval(pg_get_serial_sequence('midjourneys', 'id'), MAX(id)) \
+                 FROM midjourneys",
+            ),
+            "mj_channels" => Some(
+                "SELECT setval(pg_get_serial_sequence('mj_channels', 'id'), MAX(id)) \
+                 FROM mj_channels",
+            ),
+            _ => None,
+        }
+    }
+
+    fn ledger_conn(conn: &mut PgConnection) -> LedgerConn<'_> {
+        LedgerConn::Postgres(conn)
+    }
+}
+
+impl SqlTaskStore<Postgres> {
     /// Connects to `url` (`postgres://user@host/db`) and applies the migrations.
     ///
     /// # Examples
@@ -46,17 +94,12 @@ impl PostgresTaskStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(crate::store::NETWORK_ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         let store = Self::from_pool(pool);
         store.migrate().await?;
         Ok(store)
-    }
-
-    /// Wraps an existing pool; call [`Self::migrate`] before use if the schema may be missing.
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
     }
 
     /// Applies the migrations that are not applied yet (idempotent, serialised by an advisory
@@ -67,37 +110,4 @@ impl PostgresTaskStore {
         migrator.run(&self.pool).await?;
         Ok(())
     }
-
-    /// The statement that moves `table`'s identity sequence past rows written with explicit
-    /// ids (an import): PostgreSQL does not, and the next ordinary insert would collide.
-    pub(crate) fn sync_id_sequence(table: &'static str) -> Option<&'static str> {
-        match table {
-            "midjourneys" => Some(
-                "SELECT setval(pg_get_serial_sequence('midjourneys', 'id'), MAX(id)) \
-                 FROM midjourneys",
-            ),
-            "mj_channels" => Some(
-                "SELECT setval(pg_get_serial_sequence('mj_channels', 'id'), MAX(id)) \
-                 FROM mj_channels",
-            ),
-            _ => None,
-        }
-    }
-
-    /// The connection pool, for sharing with other tables of an embedding application.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn insert_returning_id(
-        &self,
-        mut builder: QueryBuilder<Postgres>,
-    ) -> Result<i64, sqlx::Error> {
-        builder.push(" RETURNING id");
-        builder.build_query_scalar().fetch_one(&self.pool).await
-    }
 }
-
-impl_sql_stores!(PostgresTaskStore, sqlx::Postgres);
-impl_setting_store!(PostgresTaskStore, sqlx::Postgres);
-impl_import_store!(PostgresTaskStore, sqlx::Postgres);
