@@ -38,8 +38,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
+use mj_tasks::query::CursorPosition;
 use mj_tasks::synthetic::SyntheticSpec;
-use mj_tasks::{NewTask, PageRequest, SqlStore, TaskQuery, TaskStore};
+use mj_tasks::{NewTask, PageRequest, SqlStore, TaskAction, TaskQuery, TaskStatus, TaskStore};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -128,6 +129,10 @@ struct Config {
     budget: Duration,
     min_rounds: usize,
     max_rounds: usize,
+    /// `MJ_BENCH_AS_DEPLOYED=1`: neither side is analyzed by the bench; ours has only the
+    /// statistics the store keeps itself (`refresh_statistics` after the load, as `seed` runs
+    /// it), new-api's table none, as new-api leaves it.
+    as_deployed: bool,
     /// Backends named in `MJ_BENCH_BACKENDS` (comma-separated labels); `None` runs them all.
     backends: Option<Vec<String>>,
 }
@@ -152,6 +157,7 @@ impl Config {
             budget: Duration::from_secs(if test_mode { 0 } else { 4 }),
             min_rounds: if test_mode { 1 } else { 7 },
             max_rounds: if test_mode { 1 } else { 201 },
+            as_deployed: std::env::var("MJ_BENCH_AS_DEPLOYED").is_ok_and(|value| value == "1"),
             backends: std::env::var("MJ_BENCH_BACKENDS").ok().map(|list| {
                 list.split(',')
                     .map(|name| name.trim().to_ascii_lowercase())
@@ -228,8 +234,13 @@ enum AnchorOp {
 
 /// What our API runs for a path.
 enum Op {
-    /// `list` (exact count, then the page).
-    List { query: TaskQuery, page: u64 },
+    /// `list` (exact count, then the page); `after` walks by cursor from that position
+    /// instead of `p` (the anchor has no cursor: it reads the same page by `OFFSET`).
+    List {
+        query: TaskQuery,
+        page: u64,
+        after: Option<CursorPosition>,
+    },
     /// `find_by_mj_id`.
     FindByMjId { mj_id: String, owner: Option<i64> },
     /// One poller batch: `list_unfinished(0, unfinished_batch())`.
@@ -377,12 +388,15 @@ impl Anchor {
 
 async fn run_ours(tasks: &dyn TaskStore, op: &Op) -> Outcome {
     match op {
-        Op::List { query, page } => {
-            let request = PageRequest::new(
+        Op::List { query, page, after } => {
+            let mut request = PageRequest::new(
                 i64::try_from(*page).expect("page fits i64"),
                 i64::from(PAGE_SIZE),
             )
             .expect("valid page request");
+            if let Some(position) = after {
+                request = request.after(*position);
+            }
             let page = tasks.list(query, request).await.expect("ours: list");
             Outcome {
                 total: page.total,
@@ -503,6 +517,15 @@ fn anchor_where(query: &TaskQuery) -> (String, Vec<Bind>) {
         clauses.push("channel_id = ?");
         binds.push(Bind::Int(channel));
     }
+    // new-api has no such filters; its `status` and `action` indexes serve the same SQL.
+    if let Some(status) = &query.status {
+        clauses.push("status = ?");
+        binds.push(Bind::Text(status.as_str().to_owned()));
+    }
+    if let Some(action) = &query.action {
+        clauses.push("action = ?");
+        binds.push(Bind::Text(action.as_str().to_owned()));
+    }
     let clause = if clauses.is_empty() {
         String::new()
     } else {
@@ -556,7 +579,11 @@ impl Bed {
             name,
             slug: slug.to_owned(),
             target,
-            ours: Op::List { query, page },
+            ours: Op::List {
+                query,
+                page,
+                after: None,
+            },
             anchor: AnchorOp::PageAndCount {
                 page: page_statement,
                 count,
@@ -564,8 +591,8 @@ impl Bed {
         }
     }
 
-    /// A task id whose `mj_id` is unique, and that task's owner and `mj_id`.
-    async fn unique_mj_id(&self, total: u64) -> (String, i64) {
+    /// A task whose `mj_id` is unique: its `mj_id`, owner and submit time.
+    async fn unique_mj_id(&self, total: u64) -> (String, i64, i64) {
         let mut id = i64::try_from(total / 2).expect("id fits i64").max(1);
         loop {
             let task = self
@@ -576,7 +603,7 @@ impl Bed {
                 .expect("seeded ids are 1..=N");
             let query = TaskQuery::all().with_mj_id(task.mj_id.clone());
             if self.tasks.count(&query).await.expect("ours: count") == 1 {
-                return (task.mj_id.clone(), task.user_id);
+                return (task.mj_id.clone(), task.user_id, task.submit_time);
             }
             id += 1;
         }
@@ -649,7 +676,8 @@ impl Bed {
                 admin_deep,
             ),
         ];
-        let (mj_id, owner) = self.unique_mj_id(total).await;
+        let (mj_id, owner, submitted) = self.unique_mj_id(total).await;
+        paths.extend(self.matrix_paths(&mj_id, owner, submitted).await);
         let table = self.anchor_table;
         paths.push(QueryPath {
             name: "mj_id fetch (owner-scoped)".to_owned(),
@@ -708,6 +736,164 @@ impl Bed {
             ours: Op::UnfinishedAll,
             anchor: AnchorOp::All(unfinished()),
         });
+        paths
+    }
+
+    /// The issue's matrix beyond the paths above: the filters and their combinations, ranges of
+    /// 1, 7 and 90 days, pages by `p` and by cursor at depth.
+    async fn matrix_paths(&self, mj_id: &str, owner: i64, submitted: i64) -> Vec<QueryPath> {
+        let range = |days: i64| {
+            TaskQuery::all()
+                .submitted_between(Some(WINDOW_TO_MS - days * DAY_MS + 1), Some(WINDOW_TO_MS))
+        };
+        let heavy = |query: TaskQuery| TaskQuery {
+            owner: Some(HEAVY_USER),
+            ..query
+        };
+        let around_task = TaskQuery::owned_by(owner)
+            .with_mj_id(mj_id)
+            .submitted_between(Some(submitted - 3 * DAY_MS), Some(submitted + 4 * DAY_MS));
+        let heavy_pages = (self.heavy_total / u64::from(PAGE_SIZE)).max(1);
+        let mut paths = vec![
+            (
+                "user with mj_id",
+                "user_mj_id",
+                TaskQuery::owned_by(owner).with_mj_id(mj_id),
+                1,
+            ),
+            (
+                "user mj_id + 7-day range",
+                "user_mj_id_range",
+                around_task,
+                1,
+            ),
+            (
+                "user heavy 1-day range",
+                "user_heavy_range_1d",
+                heavy(range(1)),
+                1,
+            ),
+            (
+                "user heavy 90-day range",
+                "user_heavy_range_90d",
+                heavy(range(90)),
+                1,
+            ),
+            (
+                "user heavy",
+                "user_heavy_p2",
+                TaskQuery::owned_by(HEAVY_USER),
+                2.min(heavy_pages),
+            ),
+            (
+                "user heavy",
+                "user_heavy_p50",
+                TaskQuery::owned_by(HEAVY_USER),
+                50.min(heavy_pages),
+            ),
+            (
+                "user heavy",
+                "user_heavy_p500",
+                TaskQuery::owned_by(HEAVY_USER),
+                500.min(heavy_pages),
+            ),
+            (
+                "admin channel + 7-day range",
+                "admin_channel_range",
+                range(7).with_channel(CHANNEL),
+                1,
+            ),
+            (
+                "admin status IN_PROGRESS",
+                "admin_status",
+                TaskQuery::all().with_status(TaskStatus::InProgress),
+                1,
+            ),
+            (
+                "admin status FAILURE + channel",
+                "admin_status_channel",
+                TaskQuery::all()
+                    .with_status(TaskStatus::Failure)
+                    .with_channel(CHANNEL),
+                1,
+            ),
+            (
+                "admin action UPSCALE",
+                "admin_action",
+                TaskQuery::all().with_action(TaskAction::Upscale),
+                1,
+            ),
+            (
+                "admin user_id (light user)",
+                "admin_user_id",
+                TaskQuery::owned_by(LIGHT_USER),
+                1,
+            ),
+            (
+                "admin mj_id",
+                "admin_mj_id",
+                TaskQuery::all().with_mj_id(mj_id),
+                1,
+            ),
+        ]
+        .into_iter()
+        .map(|(name, slug, query, page)| {
+            self.list_path(
+                format!("{name} p{page} + total"),
+                slug,
+                Target::NotSlower,
+                query,
+                page,
+            )
+        })
+        .collect::<Vec<_>>();
+        // Cursors at depth: the page after page 500 (or the deepest there is), against the same
+        // page read by `OFFSET` with new-api's SQL.
+        let admin_pages = (self
+            .tasks
+            .count(&TaskQuery::all())
+            .await
+            .expect("ours: count")
+            / u64::from(PAGE_SIZE))
+        .max(2);
+        for (name, slug, query, pages) in [
+            (
+                "user heavy cursor",
+                "user_heavy_cursor",
+                TaskQuery::owned_by(HEAVY_USER),
+                heavy_pages,
+            ),
+            (
+                "admin cursor",
+                "admin_cursor",
+                TaskQuery::all(),
+                admin_pages,
+            ),
+        ] {
+            let depth = 500.min(pages.saturating_sub(1)).max(1);
+            let request = PageRequest::new(
+                i64::try_from(depth).expect("page fits"),
+                i64::from(PAGE_SIZE),
+            )
+            .expect("valid page request");
+            let before = self.tasks.list(&query, request).await.expect("ours: list");
+            let Some(last) = before.items.last() else {
+                continue;
+            };
+            let mut path = self.list_path(
+                format!("{name} after p{depth} + total"),
+                slug,
+                Target::NotSlower,
+                query.clone(),
+                depth + 1,
+            );
+            path.ours = Op::List {
+                query,
+                page: depth + 1,
+                after: Some(CursorPosition::after(last, depth)),
+            };
+            paths.push(path);
+        }
         paths
     }
 
@@ -813,11 +999,17 @@ async fn set_up(kind: Kind, config: &Config) -> Option<Bed> {
     eprintln!("[{label}] seeding {} tasks", config.tasks);
     let store = mj_tasks::connect(&url).await.expect("ours: connect");
     let seed_time = seed(store.tasks().as_ref(), &spec(config.tasks), label).await;
+    // What `seed` and imports do after a bulk load.
+    store
+        .tasks()
+        .refresh_statistics()
+        .await
+        .expect("ours: refresh_statistics");
     store.close().await;
     eprintln!("[{label}] seeded in {seed_time:.1?}; copying into the anchor table");
 
     let copy_started = Instant::now();
-    let (anchor, anchor_table) = copy_into_anchor(kind, &url).await;
+    let (anchor, anchor_table) = copy_into_anchor(kind, &url, !config.as_deployed).await;
     let copy_time = copy_started.elapsed();
     eprintln!("[{label}] anchor copied, indexed and analyzed in {copy_time:.1?}");
 
@@ -869,7 +1061,7 @@ async fn set_up(kind: Kind, config: &Config) -> Option<Bed> {
 
 /// Creates new-api's table and indexes next to ours, copies every row (same ids, id order),
 /// analyzes both tables and opens the anchor's pool; returns it with the anchor table's name.
-async fn copy_into_anchor(kind: Kind, url: &str) -> (Anchor, &'static str) {
+async fn copy_into_anchor(kind: Kind, url: &str, analyze: bool) -> (Anchor, &'static str) {
     let create_indexes = |prefix: &str, table: &str| -> Vec<String> {
         ANCHOR_INDEXES
             .iter()
@@ -894,8 +1086,10 @@ async fn copy_into_anchor(kind: Kind, url: &str) -> (Anchor, &'static str) {
                 "INSERT INTO anchor.midjourneys ({ANCHOR_COLUMNS}) \
                  SELECT {ANCHOR_COLUMNS} FROM main.midjourneys ORDER BY id"
             ));
-            statements.push("ANALYZE main".to_owned());
-            statements.push("ANALYZE anchor".to_owned());
+            if analyze {
+                statements.push("ANALYZE main".to_owned());
+                statements.push("ANALYZE anchor".to_owned());
+            }
             statements.push("PRAGMA main.wal_checkpoint(TRUNCATE)".to_owned());
             statements.push("PRAGMA anchor.wal_checkpoint(TRUNCATE)".to_owned());
             statements.push("DETACH DATABASE anchor".to_owned());
@@ -921,8 +1115,10 @@ async fn copy_into_anchor(kind: Kind, url: &str) -> (Anchor, &'static str) {
                 "INSERT INTO anchor_midjourneys ({ANCHOR_COLUMNS}) \
                  SELECT {ANCHOR_COLUMNS} FROM midjourneys ORDER BY id"
             ));
-            statements.push("VACUUM ANALYZE midjourneys".to_owned());
-            statements.push("VACUUM ANALYZE anchor_midjourneys".to_owned());
+            if analyze {
+                statements.push("VACUUM ANALYZE midjourneys".to_owned());
+                statements.push("VACUUM ANALYZE anchor_midjourneys".to_owned());
+            }
             execute_raw(kind, url, &statements).await;
             // The same pool settings as PostgresTaskStore::connect.
             let pool = PgPoolOptions::new()
@@ -946,7 +1142,9 @@ async fn copy_into_anchor(kind: Kind, url: &str) -> (Anchor, &'static str) {
                 "INSERT INTO anchor_midjourneys ({ANCHOR_COLUMNS}) \
                  SELECT {ANCHOR_COLUMNS} FROM midjourneys ORDER BY id"
             ));
-            statements.push("ANALYZE TABLE midjourneys, anchor_midjourneys".to_owned());
+            if analyze {
+                statements.push("ANALYZE TABLE midjourneys, anchor_midjourneys".to_owned());
+            }
             execute_raw(kind, url, &statements).await;
             // The same pool settings as MySqlTaskStore::connect.
             let pool = MySqlPoolOptions::new()
@@ -1114,10 +1312,15 @@ fn bench_backend(
         median(&mut samples)
     });
     let mut table = format!(
-        "### {label}: {} tasks (heavy user {}), seeded in {:.1} s, anchor copied + indexed + \
-         analyzed in {:.1} s\n\n{}; one round trip (`SELECT 1` through the pool, median): {}\n\n\
+        "### {label} ({}): {} tasks (heavy user {}), seeded in {:.1} s, anchor copied + indexed \
+         in {:.1} s\n\n{}; one round trip (`SELECT 1` through the pool, median): {}\n\n\
          | path | ours (median) | anchor (median) | anchor/ours | ours faster in | target |\n\
          |---|---:|---:|---:|---:|---|\n",
+        if config.as_deployed {
+            "as deployed: no ANALYZE but the store's own"
+        } else {
+            "both sides analyzed"
+        },
         thousands(config.tasks),
         thousands(bed.heavy_total),
         bed.seed_time.as_secs_f64(),
@@ -1151,7 +1354,8 @@ fn bench_backend(
     }
     runtime.block_on(bed.close());
 
-    let file = target_dir().join(format!("query_paths_{label}.md"));
+    let mode = if config.as_deployed { "_deployed" } else { "" };
+    let file = target_dir().join(format!("query_paths_{label}{mode}.md"));
     match std::fs::write(&file, &table) {
         Ok(()) => eprintln!("[{label}] table written to {}", file.display()),
         Err(error) => eprintln!("[{label}] could not write {}: {error}", file.display()),

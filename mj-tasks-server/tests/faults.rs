@@ -683,3 +683,69 @@ async fn sqlite_read_only_and_back() {
         result.unwrap();
     }
 }
+
+/// A small tmpfs mounted for one test (`None` where mounting is not allowed), unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(Self(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Disk full answered 500. Writes that meet a full disk are a clear 503 (the store says
+/// `NotWritable`), reads keep working, and writes succeed again once space is freed.
+#[tokio::test]
+async fn sqlite_disk_full_and_back() {
+    use std::io::Write;
+    let Some(disk) = SmallDisk::mount("4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let url = format!("sqlite://{}", disk.0.path().join("tasks.db").display());
+    let env = Env::open(TestDb::sqlite(), &url).await;
+    // Fill the disk.
+    let filler = disk.0.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while file
+        .write_all(&block)
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {}
+    drop(file);
+
+    let big_task = NewTask {
+        user_id: env.user.0.id,
+        mj_id: "mj-big".into(),
+        prompt: "p".repeat(512 * 1024),
+        buttons: "[]".into(),
+        properties: "{}".into(),
+        ..NewTask::default()
+    };
+    let refused = env.app.tasks.insert(&big_task).await.unwrap_err();
+    assert!(refused.is_not_writable(), "{refused:?}");
+    let (status, body) = env.request("GET", "/api/mj/self?mj_id=mj-1", None).await;
+    assert_eq!((status, body["data"]["total"].clone()), (200, json!(1)));
+
+    std::fs::remove_file(&filler).unwrap();
+    env.app.tasks.insert(&big_task).await.unwrap();
+    let (status, body) = env.request("GET", "/healthz", None).await;
+    assert_eq!(status, 200, "{body}");
+    env.app.store.close().await;
+}

@@ -69,7 +69,9 @@ impl BulkLoader {
     }
 
     async fn restore_and_analyze(&self) -> Result<(), StoreError> {
+        // Irrefutable when SQLite is the only backend built.
         #[cfg(feature = "sqlite")]
+        #[allow(irrefutable_let_patterns)]
         if let SqlStore::Sqlite(sqlite) = &self.store {
             // A no-op when the load ran in WAL.
             sqlx::raw_sql("PRAGMA journal_mode = WAL")

@@ -94,8 +94,8 @@ pub(crate) trait Dialect: RunStatements {
     const ADD_TO_EXISTING_COUNT: &'static str;
     /// The SQL type a sum is cast to so that it decodes as `i64`.
     const INTEGER_TYPE: &'static str;
-    /// Written before `status` and `action` in a time-range condition so that the planner
-    /// cannot use their indexes there, only the range's: SQLite's sampled statistics
+    /// Written before `status` and `action` in an owner's or a channel's time-range condition
+    /// so that the planner cannot use their indexes there, only the range's: SQLite's sampled statistics
     /// (`analysis_limit`) cannot tell a status held by nine tasks in ten from a rare one, and
     /// would count a range's edge by walking every `SUCCESS`. PostgreSQL and MariaDB plan with
     /// real statistics and need nothing.
