@@ -89,6 +89,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let result = crate::import::run(
                 &accounts.store,
                 accounts.users.as_ref(),
+                &settings.database_url,
                 &from,
                 batch,
                 dry_run,

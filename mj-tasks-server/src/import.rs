@@ -12,6 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use mj_tasks::SqlStore;
+use mj_tasks::bulk::BulkLoader;
 use mj_tasks::import::{
     ChannelPlan, Conflict, NewApiSource, SourceUser, TaskPlan, claimed_ids, import_channels,
     import_tasks, plan_channels, plan_tasks,
@@ -180,29 +181,46 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 /// Runs `import`: plans, reports, and unless `dry_run` or a conflict stops it, copies.
+///
+/// The tasks are written through a [`BulkLoader`] on `target_url` (the database of `store`):
+/// `store` is closed once the users and channels are in, so that on SQLite the loader has the
+/// file to itself.
 pub async fn run(
     store: &SqlStore,
     user_store: &dyn UserStore,
+    target_url: &str,
     from: &str,
     batch: u32,
     dry_run: bool,
 ) -> Result<(), CliError> {
     let started = Instant::now();
     let source = NewApiSource::open(from).await.map_err(CliError::Import)?;
-    let result = run_on(store, user_store, &source, from, batch, dry_run, started).await;
+    let target = Target {
+        store,
+        users: user_store,
+        url: target_url,
+    };
+    let result = run_on(&target, &source, from, batch, dry_run, started).await;
     source.close().await;
     result
 }
 
+/// Where an import writes.
+struct Target<'a> {
+    store: &'a SqlStore,
+    users: &'a dyn UserStore,
+    url: &'a str,
+}
+
 async fn run_on(
-    store: &SqlStore,
-    user_store: &dyn UserStore,
+    target: &Target<'_>,
     source: &NewApiSource,
     from: &str,
     batch: u32,
     dry_run: bool,
     started: Instant,
 ) -> Result<(), CliError> {
+    let (store, user_store) = (target.store, target.users);
     let imports = store.imports();
     let users = plan_users(source, user_store, imports.as_ref()).await?;
     let channels = plan_channels(source, store.channels().as_ref(), imports.as_ref())
@@ -242,24 +260,25 @@ async fn run_on(
     let imported_channels = import_channels(source, &channels, imports.as_ref())
         .await
         .map_err(CliError::Import)?;
+    drop(imports);
+    store.close().await;
+    let loader = BulkLoader::connect(target.url).await?;
     let bar = progress_bar(tasks.to_import);
     let copy_started = Instant::now();
     let report = import_tasks(
         source,
         &tasks,
-        store.tasks(),
-        imports.as_ref(),
+        loader.store().tasks(),
+        loader.store().imports().as_ref(),
         batch,
         &|done| bar.set_position(done),
     )
     .await
     .map_err(CliError::Import);
     bar.finish_and_clear();
+    // Back to the normal journal, and fresh planner statistics after the bulk load.
+    loader.finish().await?;
     let report = report?;
-    if report.imported > 0 {
-        // A bulk load changes the data faster than the planners notice by themselves.
-        store.tasks().refresh_statistics().await?;
-    }
     let copy_secs = copy_started.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -268,6 +287,12 @@ async fn run_on(
         report.imported,
         started.elapsed().as_secs_f64(),
         report.imported as f64 / copy_secs.max(1e-9)
+    )?;
+    writeln!(
+        out,
+        "copy: {:.1} s writing, {:.1} s waiting for the source",
+        report.writing.as_secs_f64(),
+        report.waiting_for_source.as_secs_f64()
     )?;
     if report.adjusted_values > 0 {
         writeln!(

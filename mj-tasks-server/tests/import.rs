@@ -472,3 +472,143 @@ async fn imported_data_is_served_and_polled() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_current_schema_into_postgres() {
+    import_round_trip(Kind::Postgres, Kind::Postgres, Schema::Current, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_legacy_schema_into_mysql() {
+    import_round_trip(Kind::MySql, Kind::MySql, Schema::Legacy, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_legacy_schema_into_mysql() {
+    import_round_trip(Kind::Postgres, Kind::MySql, Schema::Legacy, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_current_schema_into_sqlite() {
+    import_round_trip(Kind::MySql, Kind::Sqlite, Schema::Current, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_current_schema_into_postgres() {
+    import_round_trip(Kind::Sqlite, Kind::Postgres, Schema::Current, false).await;
+}
+
+async fn raw_task_count(kind: Kind, url: &str) -> i64 {
+    use sqlx::Connection as _;
+    const SQL: &str = "SELECT COUNT(*) FROM midjourneys";
+    let count = match kind {
+        Kind::Sqlite => match sqlx::SqliteConnection::connect(url).await {
+            Ok(mut conn) => sqlx::query_scalar(SQL).fetch_one(&mut conn).await,
+            Err(e) => Err(e),
+        },
+        Kind::Postgres => match sqlx::PgConnection::connect(url).await {
+            Ok(mut conn) => sqlx::query_scalar(SQL).fetch_one(&mut conn).await,
+            Err(e) => Err(e),
+        },
+        Kind::MySql => match sqlx::MySqlConnection::connect(url).await {
+            Ok(mut conn) => sqlx::query_scalar(SQL).fetch_one(&mut conn).await,
+            Err(e) => Err(e),
+        },
+    };
+    count.unwrap_or(0)
+}
+
+/// SIGKILL the real binary mid-way through the tasks, rerun it: it continues after what was
+/// committed and ends with exactly the rows of an uninterrupted import; a third run copies
+/// nothing.
+async fn killed_and_resumed(source_kind: Kind, target_kind: Kind) {
+    const GENERATED: u64 = 60_000;
+    let mj_url = "http://127.0.0.1:1";
+    let Some(source) = NewApiDb::create(source_kind, Schema::Current, mj_url, GENERATED).await
+    else {
+        return;
+    };
+    let Some(target) = TestDb::open(target_kind).await else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mj-tasks-server"))
+        .args([
+            "--database-url",
+            target.url(),
+            "import",
+            "--from",
+            source.url(),
+        ])
+        .args(["--batch", "200"])
+        .env("MJ_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once some batches are in and well before the end. The count is read without
+    // migrating (the binary does that), and reads 0 until the table exists.
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the import ended before it could be killed: {status}");
+        }
+        if raw_task_count(target_kind, target.url()).await >= 2_000 {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            break;
+        }
+    }
+    let (store, users) = open_target(target.url()).await;
+    let partial = store.tasks().count(&TaskQuery::all()).await.unwrap();
+    assert!(
+        partial < source.task_count(),
+        "killed after the end ({partial})"
+    );
+    let resumed = succeeded(import(target.url(), &["--from", source.url()]));
+    assert!(
+        resumed.contains(&format!(
+            "tasks:    {} to import, {partial} already imported",
+            source.task_count() - partial
+        )),
+        "{resumed}\n(partial: {partial})"
+    );
+    assert_imported(&source, &store, users.as_ref(), mj_url).await;
+    let again = succeeded(import(target.url(), &["--from", source.url()]));
+    assert!(
+        again.contains(&format!(
+            "tasks:    0 to import, {} already imported",
+            source.task_count()
+        )),
+        "{again}"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_import_killed_and_resumed() {
+    killed_and_resumed(Kind::Sqlite, Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_import_killed_and_resumed_into_mysql() {
+    killed_and_resumed(Kind::Postgres, Kind::MySql).await;
+}
+
+/// new-api kept running after the first import: a rerun copies only the new rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_copies_only_new_rows() {
+    let mut source = NewApiDb::create(Kind::Sqlite, Schema::Current, "http://127.0.0.1:1", 100)
+        .await
+        .unwrap();
+    let target = TestDb::sqlite();
+    succeeded(import(target.url(), &["--from", source.url()]));
+    source.add_generated(50).await;
+    let more = succeeded(import(target.url(), &["--from", source.url()]));
+    assert!(
+        more.contains("tasks:    50 to import, 109 already imported"),
+        "{more}"
+    );
+    let (store, users) = open_target(target.url()).await;
+    assert_imported(&source, &store, users.as_ref(), "http://127.0.0.1:1").await;
+    store.close().await;
+}

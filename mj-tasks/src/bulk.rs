@@ -53,6 +53,12 @@ impl BulkLoader {
         self.tasks.insert_many(tasks).await
     }
 
+    /// The loader's store on its one tuned connection, for writes that belong with the load
+    /// (an import's claims and [`TaskStore::insert_with_ids`]).
+    pub fn store(&self) -> &SqlStore {
+        &self.store
+    }
+
     /// Puts the database back in its normal mode (SQLite: WAL), refreshes the planner
     /// statistics of the task tables ([`TaskStore::refresh_statistics`]) and closes the
     /// connection.

@@ -120,6 +120,10 @@ pub struct TaskImportReport {
     /// Text values changed so that every backend can store them (NUL replaced by U+FFFD,
     /// over-long values cut to the column's size).
     pub adjusted_values: u64,
+    /// Time spent writing batches into the store.
+    pub writing: std::time::Duration,
+    /// Time the writer waited for the source to deliver the next batch.
+    pub waiting_for_source: std::time::Duration,
 }
 
 /// Compares the source's Midjourney channels with the store's.
@@ -311,12 +315,19 @@ pub async fn import_tasks(
     });
     let mut report = TaskImportReport::default();
     let result = async {
-        while let Some(rows) = receiver.recv().await {
+        loop {
+            let waited = std::time::Instant::now();
+            let Some(rows) = receiver.recv().await else {
+                break;
+            };
+            report.waiting_for_source += waited.elapsed();
             let mut rows = rows?;
+            let writing = std::time::Instant::now();
             for task in &mut rows {
                 report.adjusted_values += fit_task(task);
             }
             report.imported += tasks.insert_with_ids(&rows).await?;
+            report.writing += writing.elapsed();
             progress(report.imported);
         }
         Ok::<_, ImportError>(())

@@ -259,7 +259,10 @@ impl NewApiSource {
     }
 
     async fn compute_fingerprint(&self) -> Result<String, ImportError> {
-        let first_task = format!("{} FROM midjourneys ORDER BY id LIMIT 1", self.select_tasks);
+        let first_task = format!(
+            "{} FROM midjourneys ORDER BY midjourneys.id LIMIT 1",
+            self.select_tasks
+        );
         let task: Option<Task> = with_pool!(&self.pool, pool => {
             let mut query = builder(pool, &first_task);
             let row: Option<SourceTaskRow> = query.build_query_as().fetch_optional(pool).await?;
@@ -315,7 +318,7 @@ impl NewApiSource {
                 .push_bind(after_id)
                 .push(" AND id <= ")
                 .push_bind(through_id)
-                .push(" ORDER BY id LIMIT ")
+                .push(" ORDER BY midjourneys.id LIMIT ")
                 .push_bind(i64::from(limit));
             query.build_query_as().fetch_all(pool).await?
         });
@@ -447,6 +450,12 @@ fn select_tasks(backend: Backend, columns: &[String]) -> String {
     let list: Vec<String> = TASK_COLUMNS
         .iter()
         .map(|&(name, kind)| {
+            // The primary key is read as it is: wrapped in a cast, `ORDER BY id` would sort by
+            // the expression (every engine resolves it to the output column) instead of reading
+            // the key in order, a sort of the whole remaining range for every batch.
+            if name == "id" {
+                return "id".to_owned();
+            }
             let value = match kind {
                 ColumnKind::Integer => integer(backend, name, columns, 0),
                 ColumnKind::Text => text(name, columns),
