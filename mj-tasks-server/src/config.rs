@@ -119,10 +119,11 @@ pub struct Settings {
         global = true
     )]
     pub upstream_timeout_secs: u64,
-    /// Milliseconds a user found by access token is remembered (0 = read the database on every
-    /// request). Changes made through this server apply at once; `user disable`, `user token`
-    /// and the like from another process apply within this time.
-    #[arg(long, env = "MJ_TOKEN_CACHE_MS", default_value_t = 1000, global = true)]
+    /// Milliseconds a user found by access token is remembered. The default 0 reads role and
+    /// status on every request, so a `user disable` from the CLI takes effect at once, as the
+    /// contract says; a positive value trades that for throughput (changes made through this
+    /// server still apply at once, those from another process within this time).
+    #[arg(long, env = "MJ_TOKEN_CACHE_MS", default_value_t = 0, global = true)]
     pub token_cache_ms: u64,
     /// Seconds a connection may take to send a request's headers, and may stay idle between
     /// requests, before it is closed (slow or half-open clients cannot pile up).
@@ -167,7 +168,7 @@ impl Settings {
             image_cache_max_bytes: 1_073_741_824,
             prices: mj_tasks::PriceTable::default(),
             upstream_timeout_secs: 60,
-            token_cache_ms: 1000,
+            token_cache_ms: 0,
             header_read_timeout_secs: 10,
             shutdown_timeout_secs: 10,
             log: "info".to_owned(),

@@ -3,7 +3,8 @@
 //! Every dashboard and relay request authenticates by token, and at thousands of requests per
 //! second the lookup (one more database round trip through the pool, for the same few tokens)
 //! costs as much as the request's own work. [`CachedUserStore`] remembers each user found by
-//! token digest for a short time (`--token-cache-ms`, default 1 s):
+//! token digest for a short time (`--token-cache-ms`; off by default, since the contract wants a
+//! disable from the CLI to take effect at once):
 //!
 //! * every change made through it (`user disable`, a token rotation, a quota, a new user) clears
 //!   the memory at once, so within this server a disable takes effect on the next request;
