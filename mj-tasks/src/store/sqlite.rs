@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::billing::LedgerConn;
 use crate::store::dialect::Dialect;
@@ -106,9 +106,17 @@ impl ReadOnlyOpens {
                 Ok(())
             })
         })
-        .before_acquire(move |_, meta| {
+        .before_acquire(move |conn, meta| {
+            // A write that fails with SQLITE_FULL or SQLITE_IOERR makes SQLite roll the
+            // transaction back by itself; sqlx's own ROLLBACK then fails and it keeps counting
+            // the connection as inside a transaction, so every later `BEGIN IMMEDIATE` on it is
+            // refused. A pooled connection is never legitimately in one: replace it.
+            let stuck_in_transaction = conn.is_in_transaction();
             let watch = watch.clone();
             Box::pin(async move {
+                if stuck_in_transaction {
+                    return Ok(false);
+                }
                 let last = watch
                     .last_read_only_open
                     .load(std::sync::atomic::Ordering::Relaxed);
