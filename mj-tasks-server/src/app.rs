@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use mj_tasks::{
-    Backend, ChannelStore, PollStore, Poller, PollerConfig, PollerDeps, QuotaLedger, Relay,
+    ChannelStore, PollStore, Poller, PollerConfig, PollerDeps, QuotaLedger, Relay,
     ReservationStore, SqlPollStore, SqlReservationStore, SqlStore, StoreError, Task, TaskStore,
     UpstreamClient, UpstreamError,
 };
@@ -110,16 +110,10 @@ impl App {
         let config = PollerConfig {
             interval: std::time::Duration::from_secs(self.settings.poll_interval_secs),
             task_timeout: std::time::Duration::from_secs(self.settings.task_timeout_secs),
-            use_lease: self.store.backend() != Backend::Sqlite,
-            // SQLite has a single writer: queue in the poller, not in SQLite's busy handler.
-            write_concurrency: if self.store.backend() == Backend::Sqlite {
-                1
-            } else {
-                16
-            },
             // No live submit holds a reservation longer than its upstream call.
             reservation_timeout: self.settings.upstream_timeout(),
-            ..PollerConfig::default()
+            // Lease and write concurrency follow the database (the library's policy).
+            ..PollerConfig::for_backend(self.store.backend())
         };
         let deps = PollerDeps {
             tasks: self.tasks.clone(),

@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use crate::channel::Channel;
 use crate::model::{Progress, Task, TaskStatus, now_millis};
 use crate::store::{
-    ChannelStore, PollStore, ReservationStore, StoreError, TaskStore, WriteOutcome,
+    Backend, ChannelStore, PollStore, ReservationStore, StoreError, TaskStore, WriteOutcome,
 };
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamTask};
 
@@ -91,6 +91,21 @@ pub struct PollerConfig {
     /// Age after which a journaled quota reservation is released as a leftover (default 60 s).
     /// Set it to the relay's upstream timeout: no live submit holds a reservation longer.
     pub reservation_timeout: Duration,
+}
+
+impl PollerConfig {
+    /// The defaults, adjusted to the database behind the stores. SQLite is one process with one
+    /// writer: no lease (nobody else polls that file) and one writing worker at a time, so
+    /// workers queue in the poller instead of sleeping in SQLite's busy handler. PostgreSQL and
+    /// MariaDB may be shared by several instances: poll only while holding the lease.
+    pub fn for_backend(backend: Backend) -> Self {
+        let shared = backend != Backend::Sqlite;
+        Self {
+            use_lease: shared,
+            write_concurrency: if shared { 16 } else { 1 },
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for PollerConfig {
@@ -768,6 +783,18 @@ mod tests {
 
     const NOW: i64 = 1_715_240_000_000;
     const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn shared_databases_poll_under_the_lease_and_sqlite_alone() {
+        let sqlite = PollerConfig::for_backend(Backend::Sqlite);
+        assert!(!sqlite.use_lease);
+        assert_eq!(sqlite.write_concurrency, 1);
+        for shared in [Backend::Postgres, Backend::MySql] {
+            let config = PollerConfig::for_backend(shared);
+            assert!(config.use_lease, "{shared:?}");
+            assert_eq!(config.write_concurrency, 16, "{shared:?}");
+        }
+    }
 
     fn task() -> Task {
         Task {
