@@ -12,8 +12,8 @@
 use sha2::{Digest, Sha256};
 use sqlx::{Column as _, Executor as _, Statement as _};
 
-use crate::model::{NewTask, Progress, Task, TaskAction, TaskStatus};
-use crate::store::{Backend, redact_url};
+use crate::model::Task;
+use crate::store::{Backend, TaskRow, redact_url};
 
 use super::ImportError;
 
@@ -130,67 +130,8 @@ pub struct SourceTaskStats {
     pub max_id: Option<i64>,
 }
 
-/// A `midjourneys` row as read, every column already defaulted and cast.
-#[derive(sqlx::FromRow)]
-struct SourceTaskRow {
-    id: i64,
-    code: i64,
-    user_id: i64,
-    action: String,
-    mj_id: String,
-    prompt: String,
-    prompt_en: String,
-    description: String,
-    state: String,
-    submit_time: i64,
-    start_time: i64,
-    finish_time: i64,
-    image_url: String,
-    video_url: String,
-    video_urls: String,
-    status: String,
-    progress: String,
-    fail_reason: String,
-    channel_id: i64,
-    quota: i64,
-    buttons: String,
-    properties: String,
-}
-
-impl From<SourceTaskRow> for Task {
-    fn from(row: SourceTaskRow) -> Self {
-        Self {
-            id: row.id,
-            version: 0,
-            fields: NewTask {
-                code: row.code,
-                user_id: row.user_id,
-                action: TaskAction::from(row.action),
-                mj_id: row.mj_id,
-                prompt: row.prompt,
-                prompt_en: row.prompt_en,
-                description: row.description,
-                state: row.state,
-                submit_time: row.submit_time,
-                start_time: row.start_time,
-                finish_time: row.finish_time,
-                image_url: row.image_url,
-                video_url: row.video_url,
-                video_urls: row.video_urls,
-                status: TaskStatus::from(row.status),
-                progress: Progress::from(row.progress),
-                fail_reason: row.fail_reason,
-                channel_id: row.channel_id,
-                quota: row.quota,
-                buttons: row.buttons,
-                properties: row.properties,
-            },
-        }
-    }
-}
-
-/// The integer columns of `midjourneys` read by the import, in [`SourceTaskRow`] order with
-/// the text columns.
+/// The columns of `midjourneys` read by the import, in the order of the store's own task row
+/// (which the import decodes into, with a `version` of 0 appended).
 const TASK_COLUMNS: [(&str, ColumnKind); 22] = [
     ("id", ColumnKind::Integer),
     ("code", ColumnKind::Integer),
@@ -265,7 +206,7 @@ impl NewApiSource {
         );
         let task: Option<Task> = with_pool!(&self.pool, pool => {
             let mut query = builder(pool, &first_task);
-            let row: Option<SourceTaskRow> = query.build_query_as().fetch_optional(pool).await?;
+            let row: Option<TaskRow> = query.build_query_as().fetch_optional(pool).await?;
             row.map(Task::from)
         });
         let user = self.users().await?.into_iter().next();
@@ -311,7 +252,7 @@ impl NewApiSource {
         through_id: i64,
         limit: u32,
     ) -> Result<Vec<Task>, ImportError> {
-        let rows: Vec<SourceTaskRow> = with_pool!(&self.pool, pool => {
+        let rows: Vec<TaskRow> = with_pool!(&self.pool, pool => {
             let mut query = builder(pool, &self.select_tasks);
             query
                 .push(" FROM midjourneys WHERE id > ")
@@ -463,7 +404,12 @@ fn select_tasks(backend: Backend, columns: &[String]) -> String {
             format!("{value} AS {name}")
         })
         .collect();
-    format!("SELECT {}", list.join(", "))
+    // The store's row carries the compare-and-swap version; an imported task starts at 0.
+    format!(
+        "SELECT {}, {} AS version",
+        list.join(", "),
+        cast_integer(backend, "0")
+    )
 }
 
 /// The column names of `table`, from a prepared `SELECT *` (every engine describes one).

@@ -26,6 +26,7 @@ pub mod poll;
 mod postgres;
 pub mod reservations;
 mod sql;
+pub(crate) use sql::TaskRow;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 mod tasks;
